@@ -1,0 +1,36 @@
+# `make demo` and `make test` each bootstrap .venv on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test venv bench clean data
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
+	$(PIP) -q -e '.[dev,data]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (offline-friendly); skipped silently where apt is unavailable.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || test -d data/fashion-mnist || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "note: Fashion-MNIST not installed; the demo falls back to scikit-learn digits"
+
+demo: $(STAMP) data
+	$(BIN)/python recipes/image.py --preset quick $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_quantizer.py
+	$(BIN)/python benchmarks/bench_priors.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
