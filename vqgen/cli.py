@@ -1,0 +1,261 @@
+"""``vqgen`` command line: data, training, encode/decode, generation, evaluation, report.
+
+    vqgen data prepare fashion-mnist
+    vqgen train tokenizer --dataset digits --run-dir runs/d --steps 200
+    vqgen train prior runs/d --prior transformer --steps 300
+    vqgen encode runs/d/tokenizer img1.png img2.png --out codes.safetensors
+    vqgen decode runs/d/tokenizer codes.safetensors --out decoded/
+    vqgen generate runs/d --n 16 --labels 3 --seed 0 --out samples/
+    vqgen evaluate runs/d --dataset digits
+    vqgen report runs/d
+
+User mistakes (bad paths, bad values, corrupt checkpoints) print one line on stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def _labels(text: str | None):
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--labels expects comma-separated integers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _image_files(paths: list[str]):
+    import numpy as np
+    import torch
+    from PIL import Image
+    arrays = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"no image file at {p}")
+        img = np.asarray(Image.open(p))
+        arrays.append(img[None] if img.ndim == 2 else img.transpose(2, 0, 1))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"expected images of one size, got shapes {sorted(shapes)}")
+    return torch.from_numpy(np.stack(arrays))
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_data_prepare(args) -> None:
+    from .data.images import prepare_image_dataset
+    path = prepare_image_dataset(args.name, root=args.root)
+    print(f"prepared {args.name} in {path}")
+
+
+def _train_config(args, **extra):
+    from .modeling import build_config
+    from .training import TrainConfig
+    values = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+              "device": args.device, "seed": args.seed,
+              "warmup_steps": min(100, max(1, args.steps // 10)),
+              "eval_every": args.steps, "checkpoint_every": max(1, min(500, args.steps))}
+    return build_config(TrainConfig, values, **extra)
+
+
+def cmd_train_tokenizer(args) -> None:
+    from torch.utils.data import TensorDataset
+
+    from .config import parse_overrides
+    from .data.images import load_image_dataset
+    from .tokenizers import image as image_tokenizers
+    from .training import train
+    data = load_image_dataset(args.dataset, root=args.root, limit=args.limit)
+    preset = getattr(image_tokenizers, args.preset, None)
+    if not args.preset.startswith("image_tokenizer") or not callable(preset):
+        raise ValueError(f"unknown tokenizer preset {args.preset!r}; expected a function "
+                         f"image_tokenizer_* in vqgen.tokenizers.image")
+    model = preset(in_channels=data.train_x.shape[1], **parse_overrides(args.overrides))
+    result = train(model, TensorDataset(data.train_x), args.run_dir, _train_config(args),
+                   component="tokenizer", step_fn=lambda m, b: (lambda o: (o.loss, o.metrics))(m(b[0])))
+    print(f"trained tokenizer for {result.steps} steps in {result.seconds:.1f}s -> {args.run_dir}/tokenizer")
+
+
+def cmd_train_prior(args) -> None:
+    from torch.utils.data import TensorDataset
+
+    from .config import parse_overrides
+    from .data.codes import encode_cached
+    from .data.images import load_image_dataset
+    from .pipeline import MODEL_CLASSES, load_model
+    from .training import resolve_device, train
+    run_dir = Path(args.run_dir)
+    tokenizer = load_model(run_dir / "tokenizer")
+    data = load_image_dataset(args.dataset, root=args.root, limit=args.limit)
+    codes = encode_cached(tokenizer, run_dir / "tokenizer", "train", data.train_x, run_dir / "codes",
+                          device=resolve_device(args.device))
+    name = {"transformer": "TransformerPrior", "pixelcnn": "PixelCNNPrior"}[args.prior]
+    module, cls_name = MODEL_CLASSES[name].split(":")
+    import importlib
+    cls = getattr(importlib.import_module(module), cls_name)
+    prior = cls.from_config(codebook_size=tokenizer.codebook_size, code_shape=tuple(codes.shape[1:]),
+                            num_classes=len(data.classes), **parse_overrides(args.overrides))
+    result = train(prior, TensorDataset(codes, data.train_y), run_dir, _train_config(args),
+                   component="prior", step_fn=lambda m, b: (m.loss(b[0], b[1]), {}))
+    print(f"trained {args.prior} prior for {result.steps} steps in {result.seconds:.1f}s -> {run_dir}/prior")
+
+
+def cmd_encode(args) -> None:
+    from safetensors.torch import save_file
+
+    from .modeling import atomic_write
+    from .pipeline import load_model
+    tokenizer = load_model(args.tokenizer)
+    codes = tokenizer.encode(_image_files(args.inputs)).contiguous()
+    atomic_write(args.out, lambda tmp: save_file({"codes": codes}, tmp))
+    print(f"encoded {len(args.inputs)} image(s) to codes {tuple(codes.shape)} -> {args.out}")
+
+
+def cmd_decode(args) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .pipeline import GenerationPipeline, load_model
+    tokenizer = load_model(args.tokenizer)
+    if not Path(args.codes).is_file():
+        raise FileNotFoundError(f"no codes file at {args.codes}")
+    try:
+        codes = load_file(args.codes)["codes"]
+    except (SafetensorError, KeyError, OSError) as e:
+        raise ValueError(f"expected a safetensors file with a 'codes' tensor at {args.codes}: {e}") from None
+    images = tokenizer.decode(codes).clamp(0, 1)
+    # GenerationPipeline.save only needs the tokenizer for audio; images need no prior.
+    paths = GenerationPipeline.save(GenerationPipeline.__new__(GenerationPipeline), images, args.out)
+    print(f"decoded {len(images)} image(s) -> {paths[0].parent}")
+
+
+def cmd_generate(args) -> None:
+    from .pipeline import GenerationPipeline
+    from .training import resolve_device
+    pipe = GenerationPipeline.from_pretrained(args.run_dir, map_location=resolve_device(args.device))
+    samples = pipe.generate(args.n, labels=_labels(args.labels), seed=args.seed,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            cfg_scale=args.cfg_scale)
+    paths = pipe.save(samples, args.out)
+    print(f"wrote {len(paths)} file(s) to {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    from . import metrics as M
+    from .data.codes import encode_batches
+    from .data.images import load_image_dataset
+    from .pipeline import GenerationPipeline
+    pipe = GenerationPipeline.from_pretrained(args.run_dir)
+    data = load_image_dataset(args.dataset, root=args.root)
+    x, y = data.test_x[:args.limit], data.test_y[:args.limit]
+    codes = encode_batches(pipe.tokenizer, x)
+    recon = torch.cat([pipe.decode(c) for c in codes.split(256)])
+    real = x.float() / 255
+    out = {"test_psnr": float(M.psnr(recon, real)), "test_ssim": float(M.ssim(recon, real))}
+    out.update({k: float(v) for k, v in M.codebook_stats(codes, pipe.tokenizer.codebook_size).items()})
+    with torch.no_grad():
+        nll = sum(float(pipe.prior.nll(c, l).sum()) for c, l in zip(codes.split(256), y.split(256)))
+    out["prior_bits_per_code"] = nll / (codes.numel() * math.log(2))
+    print(json.dumps(out))
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+    print(f"report: {write_report(args.run_dir)}")
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqgen", description="VQ-VAE tokenizers and discrete priors.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="action", required=True)
+    prep = data.add_parser("prepare", help="download/convert a dataset into data/<name>/")
+    prep.add_argument("name", help="fashion-mnist | digits | cifar10 | folder:/path")
+    prep.add_argument("--root", default="data")
+    prep.set_defaults(func=cmd_data_prepare)
+
+    tr = sub.add_parser("train", help="train a tokenizer or a prior").add_subparsers(dest="stage", required=True)
+    for stage, func in (("tokenizer", cmd_train_tokenizer), ("prior", cmd_train_prior)):
+        s = tr.add_parser(stage, help=f"train the {stage} (stage {1 if stage == 'tokenizer' else 2})")
+        s.add_argument("run_dir" if stage == "prior" else "--run-dir", **({} if stage == "prior" else {"required": True}))
+        s.add_argument("--dataset", default="fashion-mnist")
+        s.add_argument("--root", default="data")
+        s.add_argument("--limit", type=int, default=None, help="first N training items")
+        s.add_argument("--steps", type=int, default=1000)
+        s.add_argument("--batch-size", type=int, default=128)
+        s.add_argument("--lr", type=float, default=1e-3 if stage == "tokenizer" else 5e-4)
+        s.add_argument("--device", default="auto")
+        s.add_argument("--seed", type=int, default=0)
+        if stage == "tokenizer":
+            s.add_argument("--preset", default="image_tokenizer_28x28_gray")
+        else:
+            s.add_argument("--prior", choices=["transformer", "pixelcnn"], default="transformer")
+        s.add_argument("overrides", nargs="*", help="model config overrides key=value")
+        s.set_defaults(func=func)
+
+    enc = sub.add_parser("encode", help="images -> codes (.safetensors)")
+    enc.add_argument("tokenizer", help="tokenizer directory")
+    enc.add_argument("inputs", nargs="+", help="image files (same size)")
+    enc.add_argument("--out", required=True)
+    enc.set_defaults(func=cmd_encode)
+
+    dec = sub.add_parser("decode", help="codes (.safetensors) -> images")
+    dec.add_argument("tokenizer")
+    dec.add_argument("codes")
+    dec.add_argument("--out", required=True)
+    dec.set_defaults(func=cmd_decode)
+
+    gen = sub.add_parser("generate", help="sample from a run dir (tokenizer/ + prior/)")
+    gen.add_argument("run_dir")
+    gen.add_argument("--n", type=int, default=16)
+    gen.add_argument("--labels", default=None, help="one class id, or n comma-separated ids")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--cfg-scale", type=float, default=1.0)
+    gen.add_argument("--device", default="cpu")
+    gen.add_argument("--out", default="samples")
+    gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="tokenizer + prior metrics on a test set")
+    ev.add_argument("run_dir")
+    ev.add_argument("--dataset", default="fashion-mnist")
+    ev.add_argument("--root", default="data")
+    ev.add_argument("--limit", type=int, default=None)
+    ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"vqgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqgen: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as e:  # e.g. TrainingDivergedError: a one-line message, not a traceback
+        if type(e).__name__ != "TrainingDivergedError":
+            raise
+        print(f"vqgen: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,677 @@
+"""The one training loop shared by both stages (tokenizer, prior) of every modality.
+
+``train(model, dataset, run_dir, config, component=..., step_fn=...)`` runs AdamW with linear
+warmup + cosine decay, gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``,
+periodic evaluation, a tqdm bar, a JSONL log (plus TensorBoard when installed), atomic checkpoints,
+exact resume and DDP. What it leaves in ``run_dir``::
+
+    <component>/                      config.json + model.safetensors (``save_pretrained``)
+    train_state_<component>.pt        weights, optimizer, scheduler, step, data position, RNG;
+                                      tensors and primitives only (``torch.load(weights_only=True)``)
+    logs/<component>.jsonl            one object per ``log_every`` steps; eval lines have "eval": true
+    logs/tb/<component>/              TensorBoard events, only when tensorboard is installed
+
+Resume is exact: the data order is a function of ``(seed, epoch)`` and the state file holds the
+batch position and every RNG, so a run killed after a checkpoint and restarted produces the same
+per-step losses as one that never stopped (bit for bit on CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from .modeling import atomic_torch_save, atomic_write_text, unwrap_model
+
+__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "DistInfo", "train",
+           "resolve_device", "init_distributed", "is_main_process", "warmup_cosine",
+           "build_optimizer"]
+
+STATE_FORMAT = 1
+StepFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
+
+
+# --------------------------------------------------------------------------- config and results
+@dataclass
+class TrainConfig:
+    """Settings of one training run. ``batch_size`` is per process (the global batch under DDP
+    is ``batch_size * world_size``). ``eval_every`` / ``checkpoint_every`` of 0 mean "only at the
+    end". Out-of-range values raise ``ValueError`` naming the expected range and the value."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.99)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1        # warmup, then cosine from lr down to lr * min_lr_ratio
+    grad_clip: float | None = 1.0
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    amp: bool = True                 # bf16 autocast, only on CUDA; ignored on CPU
+    compile: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip"):
+            value = getattr(self, name)  # YAML 1.1 reads "1e-3" as a string
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    setattr(self, name, float(value))
+        need(is_int(self.steps) and self.steps >= 1, "steps", "an int >= 1")
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an int >= 1")
+        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "lr",
+             "a finite number > 0")
+        need(isinstance(self.weight_decay, (int, float)) and not isinstance(self.weight_decay, bool)
+             and self.weight_decay >= 0,
+             "weight_decay", "a number >= 0")
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        need(isinstance(self.betas, tuple) and len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
+                                          for b in self.betas), "betas",
+             "two numbers in [0, 1)")
+        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
+        need(isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
+             "min_lr_ratio", "a number in [0, 1]")
+        need(self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
+             "grad_clip", "None or a number > 0")
+        for name in ("eval_every", "checkpoint_every", "num_workers"):
+            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an int >= 0")
+        need(is_int(self.log_every) and self.log_every >= 1, "log_every", "an int >= 1")
+        need(is_int(self.seed), "seed", "an int")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. ``seconds`` is wall time summed over every (resumed) call;
+    ``last_metrics`` is the last training log record (loss, lr, step_fn metrics, ...);
+    ``eval_metrics`` the last ``eval_fn`` result; ``resumed_from`` the step the call started at
+    (0 for a fresh run, ``steps`` for a run that was already finished)."""
+
+    steps: int
+    seconds: float
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; no checkpoint was written for that step."""
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+# --------------------------------------------------------------------------- devices, DDP
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; other names as ``torch.device``.
+
+    Raises ``ValueError`` for an unknown device string or CUDA requested on a machine without it.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"expected a device like 'auto', 'cpu', 'cuda' or 'cuda:1', got {name!r} ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """True outside DDP and on rank 0 under DDP."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (env ``WORLD_SIZE`` > 1).
+
+    Backend ``nccl`` with one GPU per process (``cuda:LOCAL_RANK``) when CUDA is available and
+    ``device`` is not ``"cpu"``, else ``gloo`` on CPU. Outside torchrun returns rank 0 of 1 on
+    ``resolve_device(device)`` without touching ``torch.distributed``. Safe to call twice.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
+        return DistInfo(0, 1, 0, resolve_device(device))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _ddp_device(device, local_rank)
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+
+
+def _ddp_device(name: str | torch.device, local_rank: int) -> torch.device:
+    if str(name) in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)  # one GPU per process
+    return resolve_device(name)
+
+
+def _all_gather_objects(obj: Any) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+class _MethodRouter(nn.Module):
+    """Runs ``model.<method>(...)`` inside ``forward`` so DDP syncs gradients for any method a
+    step_fn calls (e.g. ``prior.loss``), not only ``forward``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "forward":
+            return self.model(*args, **kwargs)
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+class _StepModel:
+    """What ``step_fn`` receives under DDP or compile: ``m(x)`` and ``m.method(x)`` (methods the
+    model class defines) go through the wrapper; ``nn.Module`` API and other attributes come from
+    the plain model. Make one such call per step (DDP reduces gradients once per forward)."""
+
+    def __init__(self, model: nn.Module, run: Callable[..., Any]):
+        self._model, self._run = model, run
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("forward", *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._model, name)
+        if callable(attr) and not isinstance(attr, nn.Module) and not hasattr(nn.Module, name) \
+                and hasattr(type(self._model), name):
+            return functools.partial(self._run, name)
+        return attr
+
+
+def _step_model(model: nn.Module, device: torch.device, compile_: bool) -> Any:
+    if _distributed():
+        ddp = nn.parallel.DistributedDataParallel(
+            _MethodRouter(model), device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # e.g. residual levels skipped by quantizer dropout
+        return _StepModel(model, torch.compile(ddp) if compile_ else ddp)
+    if not compile_:
+        return model
+    compiled: dict[str, Callable[..., Any]] = {}
+
+    def run(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name not in compiled:
+            compiled[name] = torch.compile(model if name == "forward" else getattr(model, name))
+        return compiled[name](*args, **kwargs)
+    return _StepModel(model, run)
+
+
+# --------------------------------------------------------------------------- optimizer, schedule
+def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """LR multiplier for ``LambdaLR``: ``i`` is the number of optimizer steps already taken.
+
+    Linear warmup ``(i + 1) / warmup_steps`` for ``i < warmup_steps``, then a cosine from 1 at
+    ``i = warmup_steps`` down to ``min_lr_ratio`` at ``i = total_steps`` (held there after).
+    """
+    def multiplier(i: int) -> float:
+        if i < warmup_steps:
+            return (i + 1) / warmup_steps
+        progress = min(1.0, (i - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return multiplier
+
+
+_NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm,
+                     nn.modules.batchnorm._NormBase, nn.RMSNorm)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: weight decay on matrices/kernels, none on biases, 1-D params,
+    norms and embeddings. Parameters with ``requires_grad=False`` are left out."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if p.ndim < 2 or isinstance(module, _NO_DECAY_MODULES) else decay).append(p)
+    if not seen:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    groups = [{"params": ps, "weight_decay": wd}
+              for ps, wd in ((decay, config.weight_decay), (no_decay, 0.0)) if ps]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+# --------------------------------------------------------------------------- data order
+class _EpochBatches(Sampler[list[int]]):
+    """Index batches of one epoch in a fixed order, starting at batch ``start`` (for resume)."""
+
+    def __init__(self, indices: list[int], batch_size: int, drop_last: bool, start: int = 0):
+        self.indices, self.batch_size, self.start = indices, batch_size, start
+        full, rest = divmod(len(indices), batch_size)
+        self.num_batches = full + (1 if rest and not drop_last else 0)
+
+    def __iter__(self):
+        for b in range(self.start, self.num_batches):
+            yield self.indices[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.num_batches - self.start
+
+
+def _epoch_indices(n: int, seed: int, epoch: int, drop_last: bool) -> list[int]:
+    """This process's sample order for ``epoch``: a permutation seeded with ``seed + epoch``
+    (DistributedSampler's own rule and partition under DDP)."""
+    if _distributed():
+        sampler = DistributedSampler(range(n), shuffle=True, seed=seed, drop_last=drop_last)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+
+def _epoch_loader(dataset: Dataset, config: TrainConfig, epoch: int, start: int,
+                  device: torch.device) -> DataLoader:
+    batches = _EpochBatches(_epoch_indices(len(dataset), config.seed, epoch, config.drop_last),
+                            config.batch_size, config.drop_last, start)
+    # Our own generator: DataLoader otherwise draws worker seeds from the global RNG, which would
+    # shift dropout noise whenever a loader is created mid-epoch on resume.
+    return DataLoader(dataset, batch_sampler=batches, num_workers=config.num_workers,
+                      pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(config.seed + epoch))
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- RNG state
+def _rng_state() -> dict[str, Any]:
+    """Every RNG as tensors and primitives (loadable with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
+                        "gauss_next": gauss},
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- logging
+def _as_float(name: str, value: Any) -> Any:
+    """A metric as a float (a 0-d/1-element tensor stays a detached tensor until logged)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"metric {name!r} must be a number or a 1-element tensor, "
+                             f"got a tensor of shape {tuple(value.shape)}")
+        return value.detach().float().reshape(())
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"metric {name!r} must be a number or a 0-d tensor, got {type(value).__name__}")
+
+
+def _json_value(v: Any) -> Any:
+    v = float(v)
+    return v if math.isfinite(v) else None  # keep the JSONL valid JSON
+
+
+class _RunLog:
+    """JSONL log (+ TensorBoard when installed) of one component; main process only."""
+
+    def __init__(self, path: Path, tb_dir: Path, resume_step: int | None, active: bool):
+        self.path, self.active, self.file, self.tb = path, active, None, None
+        if not active:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            path.unlink(missing_ok=True)      # a fresh run starts a fresh log
+        elif path.exists():                   # drop lines for steps that will be re-run
+            keep = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError, TypeError, AttributeError):
+                    if json.loads(line).get("step", math.inf) <= resume_step:
+                        keep.append(line + "\n")
+            atomic_write_text(path, "".join(keep))
+        self.file = open(path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        with contextlib.suppress(Exception):  # TensorBoard is a nicety, never a failure
+            self.tb = SummaryWriter(str(tb_dir), purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, record: dict[str, Any], prefix: str = "train") -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "eval") and isinstance(v, float):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --------------------------------------------------------------------------- the loop
+def _load_state(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ValueError(f"cannot read train state {path}: {e}; the file is corrupt (delete it "
+                         f"to start over)") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a vqgen train state of format {STATE_FORMAT}")
+    return state
+
+
+def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config: TrainConfig, *,
+          component: str, step_fn: StepFn,
+          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+          on_eval: Callable[[nn.Module, int], None] | None = None) -> TrainResult:
+    """Train ``model`` for ``config.steps`` optimizer steps, resuming from ``run_dir`` if possible.
+
+    Args:
+        model: a vqgen ``ConfigModel``; moved to the training device and left there in eval mode.
+        dataset: map-style dataset of ``len >= batch_size`` whose items collate into the batch.
+        run_dir: run directory; see the module docstring for what is written there.
+        component: ``"tokenizer"`` or ``"prior"`` (names the export dir, state file and log).
+        step_fn: ``step_fn(model, batch) -> (loss, metrics)``; ``batch`` is the collated batch
+            (e.g. a tuple of tensors) already on the device; ``loss`` a 1-element tensor;
+            ``metrics`` a dict of floats / 0-d tensors, averaged over each log interval (a
+            ``usage`` entry is shown on the progress bar). Under DDP or compile ``model`` is a thin
+            wrapper: call ``model(...)`` or one of the model's own methods once per step.
+        eval_fn: ``eval_fn(model) -> dict[str, float]`` every ``eval_every`` steps and at the end,
+            on every rank, in eval mode under ``no_grad``; logged as an ``"eval": true`` line.
+        on_eval: ``on_eval(model, step)`` at the same times, main process only (e.g. samples).
+
+    Returns a :class:`TrainResult`. A run whose state says it finished ``config.steps`` (or more)
+    steps loads those weights into ``model`` and returns at once; a larger ``steps`` continues it.
+
+    Raises:
+        ValueError: bad config/component/step_fn output, dataset smaller than one batch, or a
+            state file that is corrupt or belongs to another model.
+        TrainingDivergedError: the loss or gradient norm became NaN/inf; the last good
+            checkpoint is left as it was.
+    """
+    if component not in ("tokenizer", "prior"):
+        raise ValueError(f"component must be 'tokenizer' or 'prior', got {component!r}")
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    distributed = _distributed()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    main = rank == 0
+    # Samples per process: DistributedSampler drops the tail (drop_last) or pads to equal shares.
+    per_rank = len(dataset) // world if config.drop_last else -(-len(dataset) // world)
+    if len(dataset) == 0:
+        raise ValueError("expected a non-empty dataset, got 0 samples")
+    if config.drop_last and config.batch_size > per_rank:
+        raise ValueError(f"batch_size must be <= the {per_rank} samples per process when "
+                         f"drop_last=True (dataset of {len(dataset)}, world size {world}), "
+                         f"got {config.batch_size}")
+    num_batches = _EpochBatches(list(range(per_rank)), config.batch_size, config.drop_last).num_batches
+    device = _ddp_device(config.device, int(os.environ.get("LOCAL_RANK", "0"))) if distributed \
+        else resolve_device(config.device)
+    run_dir = Path(run_dir)
+    state_path = run_dir / f"train_state_{component}.pt"
+    export_dir = run_dir / component
+    t_start = time.perf_counter()
+
+    model.to(device)
+    state = _load_state(state_path)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"], strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{state_path} does not match {type(model).__name__}: {e}") from None
+        if state["finished"] and state["step"] >= config.steps:
+            model.eval()
+            return TrainResult(state["step"], state["seconds"], dict(state["last_metrics"]),
+                               dict(state["eval_metrics"]), resumed_from=state["step"])
+
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio))
+    step = epoch = batch_in_epoch = 0
+    seconds_before, last_metrics, eval_metrics = 0.0, {}, {}
+    acc: dict[str, Any] = {"loss": 0.0, "count": 0, "grad_norm": 0.0, "sums": {}, "counts": {},
+                           "samples": 0, "time": 0.0}
+    if state is None:
+        _seed_everything(config.seed + rank)
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        seconds_before, last_metrics = state["seconds"], dict(state["last_metrics"])
+        eval_metrics, acc = dict(state["eval_metrics"]), state["log_accum"]
+        if len(state["rng"]) == world:
+            _set_rng_state(state["rng"][rank])
+        else:
+            warnings.warn(f"{state_path} was written by {len(state['rng'])} process(es), resuming "
+                          f"with {world}: data order and random streams are reseeded", stacklevel=2)
+            _seed_everything(config.seed + rank + 1_000_003 * step)
+    resumed_from = step
+
+    step_model = _step_model(model, device, config.compile)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (config.amp and device.type == "cuda") \
+        else contextlib.nullcontext()
+    log = _RunLog(run_dir / "logs" / f"{component}.jsonl", run_dir / "logs" / "tb" / component,
+                  None if state is None else step, active=main)
+    _barrier()  # nobody trains before rank 0 has truncated the log
+    bar = tqdm(total=config.steps, initial=step, desc=component, dynamic_ncols=True,
+               disable=not (config.progress and main))
+    last_eval = last_ckpt = last_log = step if state is not None else -1
+    elapsed = lambda: seconds_before + time.perf_counter() - t_start  # noqa: E731
+
+    def diverged(what: str, value: float) -> TrainingDivergedError:
+        good = (f"last good checkpoint at step {last_ckpt} in {run_dir}" if last_ckpt > 0
+                else f"no checkpoint was written in {run_dir}")
+        return TrainingDivergedError(f"{what} became {value} at step {step}; {good}")
+
+    def flush_log() -> None:
+        nonlocal last_metrics, last_log
+        if acc["count"] == 0:
+            return
+        loss = torch.tensor([acc["loss"] / acc["count"]], dtype=torch.float64)
+        if distributed:  # mean over ranks; every rank logs at the same steps
+            loss = loss.to(device)
+            dist.all_reduce(loss)
+            loss = loss / world
+        record = {"step": step, "epoch": epoch, "loss": float(loss),
+                  "lr": scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step - 1)}  # used at `step`
+        if config.grad_clip is not None:
+            record["grad_norm"] = acc["grad_norm"] / acc["count"]
+        record.update({k: _json_value(v / acc["counts"][k]) for k, v in acc["sums"].items()})
+        record["samples_per_second"] = acc["samples"] * world / max(acc["time"], 1e-9)
+        record["seconds"] = elapsed()
+        log.write(record)
+        last_metrics, last_log = {k: v for k, v in record.items() if k != "step"}, step
+        shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
+        if isinstance(record.get("usage"), float):
+            shown["usage"] = f"{record['usage']:.3f}"
+        bar.set_postfix(shown, refresh=False)
+        acc.update(loss=0.0, count=0, grad_norm=0.0, sums={}, counts={}, samples=0, time=0.0)
+
+    def evaluate() -> None:
+        nonlocal eval_metrics, last_eval
+        last_eval = step
+        if eval_fn is None and on_eval is None:
+            return
+        model.eval()
+        try:
+            with torch.no_grad():
+                if eval_fn is not None:
+                    eval_metrics = {k: float(_as_float(k, v)) for k, v in (eval_fn(model) or {}).items()}
+                    log.write({"step": step, "eval": True, **{k: _json_value(v) for k, v in
+                                                              eval_metrics.items()},
+                               "seconds": elapsed()}, prefix="eval")
+                if on_eval is not None and main:
+                    on_eval(model, step)
+        finally:
+            model.train()
+
+    def checkpoint(finished: bool) -> None:
+        nonlocal last_ckpt
+        rng = _all_gather_objects(_rng_state())
+        if main:
+            if last_ckpt != step or not export_dir.exists():
+                unwrap_model(model).save_pretrained(export_dir)
+            atomic_torch_save({
+                "format": STATE_FORMAT, "component": component,
+                "model_type": type(unwrap_model(model)).__name__,
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "finished": finished, "world_size": world,
+                "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng, "seconds": elapsed(), "last_metrics": last_metrics,
+                "eval_metrics": eval_metrics, "log_accum": acc,
+                "config": dataclasses.asdict(config)}, state_path)
+        last_ckpt = step
+        _barrier()  # the checkpoint is complete before any rank goes on (or reads it)
+
+    model.train()
+    loader_iter = None
+    try:
+        while step < config.steps:
+            if loader_iter is None:
+                loader_iter = iter(_epoch_loader(dataset, config, epoch, batch_in_epoch, device))
+            batch = _to_device(next(loader_iter), device)
+            t_step = time.perf_counter()
+            step += 1
+            optimizer.zero_grad(set_to_none=True)
+            with amp:
+                out = step_fn(step_model, batch)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)
+                    and out[0].numel() == 1 and isinstance(out[1], dict)):
+                got = (f"({', '.join(type(o).__name__ for o in out)})"
+                       if isinstance(out, (tuple, list)) else type(out).__name__)
+                raise ValueError("step_fn must return (loss: 1-element Tensor, metrics: dict), "
+                                 f"got {got}")
+            loss, metrics = out
+            loss_value = loss.detach().float().reshape(())
+            if distributed:  # every rank stops together, never one stuck in a collective
+                bad = (~torch.isfinite(loss_value)).float()
+                dist.all_reduce(bad)
+                if bad.item() > 0 and math.isfinite(loss_value.item()):
+                    raise diverged("loss on another rank", float("nan"))
+            if not math.isfinite(loss_value.item()):
+                raise diverged("loss", loss_value.item())
+            loss.reshape(()).backward()
+            if config.grad_clip is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+                if not math.isfinite(grad_norm):
+                    raise diverged("gradient norm", grad_norm)
+                acc["grad_norm"] += grad_norm
+            optimizer.step()
+            scheduler.step()
+
+            batch_in_epoch += 1
+            if batch_in_epoch >= num_batches:
+                epoch, batch_in_epoch, loader_iter = epoch + 1, 0, None
+            first = next((t for t in (batch if isinstance(batch, (tuple, list)) else [batch])
+                          if isinstance(t, torch.Tensor)), None)
+            acc["samples"] += len(first) if first is not None and first.ndim else config.batch_size
+            acc["loss"] += loss_value.item()
+            acc["count"] += 1
+            for k, v in metrics.items():
+                v = _as_float(k, v)
+                acc["sums"][k] = acc["sums"].get(k, 0.0) + v
+                acc["counts"][k] = acc["counts"].get(k, 0) + 1
+            acc["time"] += time.perf_counter() - t_step
+            bar.update(1)
+
+            if step % config.log_every == 0:
+                flush_log()
+            if config.eval_every and step % config.eval_every == 0:
+                evaluate()
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                acc["sums"] = {k: float(v) for k, v in acc["sums"].items()}  # primitives in the state
+                checkpoint(finished=False)
+        loader_iter = None
+        if last_log != step:
+            flush_log()
+        if last_eval != step:
+            evaluate()
+        acc["sums"] = {k: float(v) for k, v in acc["sums"].items()}
+        checkpoint(finished=True)
+    finally:
+        bar.close()
+        log.close()
+    model.eval()
+    return TrainResult(step, elapsed(), last_metrics, eval_metrics, resumed_from=resumed_from)
