@@ -75,17 +75,20 @@ def test_commitment_loss_is_beta_mse_to_stopgrad_codes():
 def test_ema_moves_winning_codes_toward_their_data_exactly():
     cb = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
     q = fixed_vq(cb, decay=0.9, dead_code_threshold=0.0).train()
+    q.cluster_size[2] = 0.0                           # an empty code: Laplace smoothing keeps it finite
+    q.embed_sum[2] = 0.0
     z = torch.tensor([[1.0, 0.0], [1.0, 2.0], [4.0, 6.0]])
     out = q(z)
     assert out.codes.tolist() == [0, 0, 1]
     counts, sums = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([[2.0, 2.0], [4.0, 6.0], [0.0, 0.0]])
-    cs = 0.9 * torch.ones(3) + 0.1 * counts
-    es = 0.9 * cb + 0.1 * sums
+    cs = 0.9 * torch.tensor([1.0, 1.0, 0.0]) + 0.1 * counts
+    es = 0.9 * cb * torch.tensor([[1.0], [1.0], [0.0]]) + 0.1 * sums
     n = cs.sum()
     smoothed = (cs + 1e-5) / (n + 3 * 1e-5) * n
     torch.testing.assert_close(q.cluster_size, cs)
     torch.testing.assert_close(q.embed_sum, es)
     torch.testing.assert_close(q.embed, es / smoothed[:, None])
+    assert torch.isfinite(q.embed).all()
     # repeated steps: code 0 converges to the mean of its data, code 1 to its point
     for _ in range(100):
         q(z)

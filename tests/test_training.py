@@ -198,9 +198,11 @@ def test_state_file_export_and_finished_rerun(tmp_path):
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in final.items())
 
 
-def test_killed_run_resumes_on_the_same_trajectory(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 3])   # 3: the interval 10..12 spans the checkpoint
+def test_killed_run_resumes_on_the_same_trajectory(tmp_path, log_every):
     ref_model = make_model()
-    train(ref_model, make_data(), tmp_path / "ref", cfg(), component="tokenizer", step_fn=noisy_step)
+    train(ref_model, make_data(), tmp_path / "ref", cfg(log_every=log_every), component="tokenizer",
+          step_fn=noisy_step)
     ref = train_losses(read_log(tmp_path / "ref"))
 
     calls = {"n": 0}
@@ -213,16 +215,19 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(make_model(), make_data(), run, cfg(), component="tokenizer", step_fn=killed_at_12)
-    assert max(train_losses(read_log(run))) == 11          # step 11 logged, checkpoint at 10
+        train(make_model(), make_data(), run, cfg(log_every=log_every), component="tokenizer",
+              step_fn=killed_at_12)
+    assert max(train_losses(read_log(run))) == (11 if log_every == 1 else 9)  # checkpoint at 10
     assert torch.load(run / "train_state_tokenizer.pt", weights_only=True)["step"] == 10
 
     random.seed(1), np.random.seed(1), torch.manual_seed(1)  # resume must not depend on these
     model = make_model(seed=5)
-    result = train(model, make_data(), run, cfg(), component="tokenizer", step_fn=noisy_step)
+    result = train(model, make_data(), run, cfg(log_every=log_every), component="tokenizer",
+                   step_fn=noisy_step)
     assert result.resumed_from == 10 and result.steps == 20
     steps = [r["step"] for r in read_log(run) if not r.get("eval")]
-    assert steps == list(range(1, 21))                     # no duplicated lines for steps 11, 12
+    assert steps == [r["step"] for r in read_log(tmp_path / "ref")]   # no duplicated lines
+    assert steps[-1] == 20 and len(steps) == (20 if log_every == 1 else 7)
     assert train_losses(read_log(run)) == ref              # bit for bit on CPU
     for k, v in ref_model.state_dict().items():            # includes the EMA buffer
         assert torch.equal(model.state_dict()[k], v), k

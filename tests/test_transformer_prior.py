@@ -2,16 +2,17 @@
 sampling filters, errors, checkpoint round trip, and a short training run that learns labels."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
 from vqgen.priors.transformer import (TransformerPrior, TransformerPriorConfig,
-                                      default_intermediate_size)
+                                      default_intermediate_size, transformer_prior_debug)
 
 K = 16
-TINY = dict(codebook_size=K, hidden_size=32, num_layers=2, num_heads=2)
+TINY = dict(codebook_size=K, hidden_size=32, num_layers=2, num_heads=2)  # config-level tests
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,7 +27,7 @@ def single_thread():
 
 def make(seed: int = 0, **overrides) -> TransformerPrior:
     torch.manual_seed(seed)
-    return TransformerPrior.from_config(**{**TINY, "code_shape": (3, 5), **overrides}).eval()
+    return transformer_prior_debug(**{"codebook_size": K, "code_shape": (3, 5), **overrides}).eval()
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -157,6 +158,9 @@ def test_static_decoder_is_reused_and_reset():
     first = prior.generate(4, labels=1, generator=seeded(0), cache_implementation="static")
     again = prior.generate(4, labels=1, generator=seeded(0), cache_implementation="static")
     assert torch.equal(first, again) and len(prior._static_decoders) == 1
+    twin = copy.deepcopy(prior)  # copies (e.g. an EMA model) start without decoders
+    assert len(twin._static_decoders) == 0
+    assert torch.equal(twin.generate(4, labels=1, generator=seeded(0), cache_implementation="static"), first)
 
 
 def test_seed_reproducible_and_seed_sensitive():

@@ -173,9 +173,10 @@ class ImageClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _classifier_meta(train_x: torch.Tensor, num_classes: int, width: int) -> dict:
+def _classifier_meta(train_x: torch.Tensor, num_classes: int, **hparams) -> dict:
+    """What a cached classifier must match: data geometry and training hyper-parameters."""
     return {"in_channels": int(train_x.shape[1]), "image_size": list(train_x.shape[2:]),
-            "num_classes": num_classes, "width": width, "num_train": int(len(train_x))}
+            "num_classes": num_classes, "num_train": int(len(train_x)), **hparams}
 
 
 def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -188,7 +189,8 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     ``train_x``/``test_x``: images ``(N, C, H, W)`` (uint8 or float in [0, 1]); ``train_y``/
     ``test_y``: int labels ``(N,)``. With ``cache_path`` (a ``.safetensors`` file) a matching
     cached model is loaded instead of training; otherwise the trained weights are written there
-    with a ``.json`` beside it holding the test accuracy. Returns ``(model in eval mode,
+    with a ``.json`` beside it holding the test accuracy (the cache matches on image geometry,
+    class and train-set counts and every hyper-parameter; anything else retrains). Returns ``(model in eval mode,
     test accuracy in [0, 1])``. Raises ``ValueError`` on shape/label mismatches.
     """
     for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
@@ -199,7 +201,8 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
         raise ValueError(f"train images {tuple(train_x.shape[1:])} and test images "
                          f"{tuple(test_x.shape[1:])} differ in shape")
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    meta = _classifier_meta(train_x, num_classes, width)
+    meta = _classifier_meta(train_x, num_classes, width=width, steps=steps,
+                            batch_size=batch_size, lr=lr, seed=seed)
     device = torch.device(device)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(seed)
@@ -239,7 +242,7 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         atomic_write(cache_path, lambda tmp: save_file(state, tmp))
         atomic_write_text(cache_path.with_suffix(".json"), json.dumps(
-            {"test_accuracy": acc, "steps": steps, "config": meta}, indent=2) + "\n")
+            {"test_accuracy": acc, "config": meta}, indent=2) + "\n")
     return model, acc
 
 

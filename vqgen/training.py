@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from .modeling import atomic_torch_save, atomic_write_text, unwrap_model
+from .modeling import ConfigModel, atomic_torch_save, atomic_write_text, unwrap_model
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "DistInfo", "train",
            "resolve_device", "init_distributed", "is_main_process", "warmup_cosine",
@@ -48,6 +48,14 @@ StepFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
 
 
 # --------------------------------------------------------------------------- config and results
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run. ``batch_size`` is per process (the global batch under DDP
@@ -74,36 +82,29 @@ class TrainConfig:
     drop_last: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip"):
+            if isinstance(getattr(self, name), str):  # YAML 1.1 reads "1e-3" as a string
+                with contextlib.suppress(ValueError):
+                    setattr(self, name, float(getattr(self, name)))
+        if isinstance(self.betas, list):             # JSON/YAML give lists
+            self.betas = tuple(self.betas)
+
         def need(ok: bool, name: str, expected: str) -> None:
             if not ok:
                 raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-        is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip"):
-            value = getattr(self, name)  # YAML 1.1 reads "1e-3" as a string
-            if isinstance(value, str):
-                with contextlib.suppress(ValueError):
-                    setattr(self, name, float(value))
-        need(is_int(self.steps) and self.steps >= 1, "steps", "an int >= 1")
-        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an int >= 1")
-        need(isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0, "lr",
-             "a finite number > 0")
-        need(isinstance(self.weight_decay, (int, float)) and not isinstance(self.weight_decay, bool)
-             and self.weight_decay >= 0,
-             "weight_decay", "a number >= 0")
-        if isinstance(self.betas, list):
-            self.betas = tuple(self.betas)
-        need(isinstance(self.betas, tuple) and len(self.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
-                                          for b in self.betas), "betas",
-             "two numbers in [0, 1)")
-        need(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
-        need(isinstance(self.min_lr_ratio, (int, float)) and 0 <= self.min_lr_ratio <= 1,
-             "min_lr_ratio", "a number in [0, 1]")
-        need(self.grad_clip is None or (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0),
+        for name in ("steps", "batch_size", "log_every"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an int >= 1")
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "num_workers"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an int >= 0")
+        need(_is_int(self.seed), "seed", "an int")
+        need(_is_number(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio",
+             "a number in [0, 1]")
+        need(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0),
              "grad_clip", "None or a number > 0")
-        for name in ("eval_every", "checkpoint_every", "num_workers"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an int >= 0")
-        need(is_int(self.log_every) and self.log_every >= 1, "log_every", "an int >= 1")
-        need(is_int(self.seed), "seed", "an int")
+        need(isinstance(self.betas, tuple) and len(self.betas) == 2
+             and all(_is_number(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
 
 
 @dataclass
@@ -227,9 +228,9 @@ class _StepModel:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._model, name)
-        if callable(attr) and not isinstance(attr, nn.Module) and not hasattr(nn.Module, name) \
-                and hasattr(type(self._model), name):
-            return functools.partial(self._run, name)
+        if name == "forward" or (callable(attr) and not isinstance(attr, nn.Module)
+                                 and hasattr(type(self._model), name) and not hasattr(ConfigModel, name)):
+            return functools.partial(self._run, name)  # e.g. loss/encode, not parameters/save_pretrained
         return attr
 
 
@@ -384,6 +385,56 @@ def _json_value(v: Any) -> Any:
     return v if math.isfinite(v) else None  # keep the JSONL valid JSON
 
 
+def _check_step_output(out: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)
+            and out[0].numel() == 1 and isinstance(out[1], dict)):
+        got = (f"({', '.join(type(o).__name__ for o in out)})" if isinstance(out, (tuple, list))
+               else type(out).__name__)
+        raise ValueError(f"step_fn must return (loss: 1-element Tensor, metrics: dict), got {got}")
+    return out[0], out[1]
+
+
+def _num_samples(batch: Any, default: int) -> int:
+    """Leading size of the batch's first tensor (its sample count)."""
+    items = batch if isinstance(batch, (tuple, list)) else [batch]
+    first = next((t for t in items if isinstance(t, torch.Tensor) and t.ndim), None)
+    return len(first) if first is not None else default
+
+
+class _Interval:
+    """Sums over one log interval. Saved in the train state (as primitives) so a resumed run
+    logs the same interval means as one that never stopped."""
+
+    def __init__(self, state: dict[str, Any] | None = None):
+        self.reset()
+        if state:
+            self.__dict__.update({k: state[k] for k in vars(self)})
+
+    def reset(self) -> None:
+        self.count, self.samples = 0, 0
+        self.loss = self.grad_norm = self.seconds = 0.0
+        self.sums: dict[str, Any] = {}     # metric name -> float or 0-d tensor (synced at logging)
+        self.counts: dict[str, int] = {}
+
+    def add(self, loss: float, grad_norm: float | None, metrics: dict[str, Any], samples: int,
+            seconds: float) -> None:
+        self.count += 1
+        self.samples += samples
+        self.loss += loss
+        self.grad_norm += grad_norm or 0.0
+        self.seconds += seconds
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + _as_float(k, v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def metric_means(self) -> dict[str, float | None]:
+        return {k: _json_value(v / self.counts[k]) for k, v in self.sums.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {**vars(self), "sums": {k: float(v) for k, v in self.sums.items()},
+                "counts": dict(self.counts)}
+
+
 class _RunLog:
     """JSONL log (+ TensorBoard when installed) of one component; main process only."""
 
@@ -495,6 +546,9 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
     model.to(device)
     state = _load_state(state_path)
     if state is not None:
+        if state.get("model_type") != type(unwrap_model(model)).__name__:
+            raise ValueError(f"{state_path} holds a {state.get('model_type')!r} train state, "
+                             f"expected {type(unwrap_model(model)).__name__!r}")
         try:
             model.load_state_dict(state["model"], strict=True)
         except RuntimeError as e:
@@ -509,8 +563,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         optimizer, warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio))
     step = epoch = batch_in_epoch = 0
     seconds_before, last_metrics, eval_metrics = 0.0, {}, {}
-    acc: dict[str, Any] = {"loss": 0.0, "count": 0, "grad_norm": 0.0, "sums": {}, "counts": {},
-                           "samples": 0, "time": 0.0}
+    acc = _Interval()
     if state is None:
         _seed_everything(config.seed + rank)
     else:
@@ -518,7 +571,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         scheduler.load_state_dict(state["scheduler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         seconds_before, last_metrics = state["seconds"], dict(state["last_metrics"])
-        eval_metrics, acc = dict(state["eval_metrics"]), state["log_accum"]
+        eval_metrics, acc = dict(state["eval_metrics"]), _Interval(state["log_accum"])
         if len(state["rng"]) == world:
             _set_rng_state(state["rng"][rank])
         else:
@@ -546,9 +599,9 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
 
     def flush_log() -> None:
         nonlocal last_metrics, last_log
-        if acc["count"] == 0:
+        if acc.count == 0:
             return
-        loss = torch.tensor([acc["loss"] / acc["count"]], dtype=torch.float64)
+        loss = torch.tensor([acc.loss / acc.count], dtype=torch.float64)
         if distributed:  # mean over ranks; every rank logs at the same steps
             loss = loss.to(device)
             dist.all_reduce(loss)
@@ -556,9 +609,9 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         record = {"step": step, "epoch": epoch, "loss": float(loss),
                   "lr": scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step - 1)}  # used at `step`
         if config.grad_clip is not None:
-            record["grad_norm"] = acc["grad_norm"] / acc["count"]
-        record.update({k: _json_value(v / acc["counts"][k]) for k, v in acc["sums"].items()})
-        record["samples_per_second"] = acc["samples"] * world / max(acc["time"], 1e-9)
+            record["grad_norm"] = acc.grad_norm / acc.count
+        record.update(acc.metric_means())
+        record["samples_per_second"] = acc.samples * world / max(acc.seconds, 1e-9)
         record["seconds"] = elapsed()
         log.write(record)
         last_metrics, last_log = {k: v for k, v in record.items() if k != "step"}, step
@@ -566,7 +619,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         if isinstance(record.get("usage"), float):
             shown["usage"] = f"{record['usage']:.3f}"
         bar.set_postfix(shown, refresh=False)
-        acc.update(loss=0.0, count=0, grad_norm=0.0, sums={}, counts={}, samples=0, time=0.0)
+        acc.reset()
 
     def evaluate() -> None:
         nonlocal eval_metrics, last_eval
@@ -600,7 +653,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
                 "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng, "seconds": elapsed(), "last_metrics": last_metrics,
-                "eval_metrics": eval_metrics, "log_accum": acc,
+                "eval_metrics": eval_metrics, "log_accum": acc.state(),
                 "config": dataclasses.asdict(config)}, state_path)
         last_ckpt = step
         _barrier()  # the checkpoint is complete before any rank goes on (or reads it)
@@ -611,19 +664,16 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         while step < config.steps:
             if loader_iter is None:
                 loader_iter = iter(_epoch_loader(dataset, config, epoch, batch_in_epoch, device))
-            batch = _to_device(next(loader_iter), device)
+            try:
+                batch = _to_device(next(loader_iter), device)
+            except StopIteration:  # only after resuming with another world size
+                epoch, batch_in_epoch, loader_iter = epoch + 1, 0, None
+                continue
             t_step = time.perf_counter()
             step += 1
             optimizer.zero_grad(set_to_none=True)
             with amp:
-                out = step_fn(step_model, batch)
-            if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[0], torch.Tensor)
-                    and out[0].numel() == 1 and isinstance(out[1], dict)):
-                got = (f"({', '.join(type(o).__name__ for o in out)})"
-                       if isinstance(out, (tuple, list)) else type(out).__name__)
-                raise ValueError("step_fn must return (loss: 1-element Tensor, metrics: dict), "
-                                 f"got {got}")
-            loss, metrics = out
+                loss, metrics = _check_step_output(step_fn(step_model, batch))
             loss_value = loss.detach().float().reshape(())
             if distributed:  # every rank stops together, never one stuck in a collective
                 bad = (~torch.isfinite(loss_value)).float()
@@ -633,27 +683,19 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
             if not math.isfinite(loss_value.item()):
                 raise diverged("loss", loss_value.item())
             loss.reshape(()).backward()
+            grad_norm = None
             if config.grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
                 if not math.isfinite(grad_norm):
                     raise diverged("gradient norm", grad_norm)
-                acc["grad_norm"] += grad_norm
             optimizer.step()
             scheduler.step()
 
             batch_in_epoch += 1
             if batch_in_epoch >= num_batches:
                 epoch, batch_in_epoch, loader_iter = epoch + 1, 0, None
-            first = next((t for t in (batch if isinstance(batch, (tuple, list)) else [batch])
-                          if isinstance(t, torch.Tensor)), None)
-            acc["samples"] += len(first) if first is not None and first.ndim else config.batch_size
-            acc["loss"] += loss_value.item()
-            acc["count"] += 1
-            for k, v in metrics.items():
-                v = _as_float(k, v)
-                acc["sums"][k] = acc["sums"].get(k, 0.0) + v
-                acc["counts"][k] = acc["counts"].get(k, 0) + 1
-            acc["time"] += time.perf_counter() - t_step
+            acc.add(loss_value.item(), grad_norm, metrics, _num_samples(batch, config.batch_size),
+                    time.perf_counter() - t_step)
             bar.update(1)
 
             if step % config.log_every == 0:
@@ -661,14 +703,12 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
             if config.eval_every and step % config.eval_every == 0:
                 evaluate()
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                acc["sums"] = {k: float(v) for k, v in acc["sums"].items()}  # primitives in the state
                 checkpoint(finished=False)
         loader_iter = None
         if last_log != step:
             flush_log()
         if last_eval != step:
             evaluate()
-        acc["sums"] = {k: float(v) for k, v in acc["sums"].items()}
         checkpoint(finished=True)
     finally:
         bar.close()

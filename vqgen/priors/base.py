@@ -65,7 +65,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     """
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    u = torch.rand(flat.shape[0], 1, generator=generator, device="cpu").to(flat.device)
+    u = torch.rand(flat.shape[0], 1, generator=generator, device="cpu").to(flat.device, non_blocking=True)
     cdf = flat.cumsum(-1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=False).clamp_(max=flat.shape[-1] - 1)
     return idx.reshape(probs.shape[:-1])

@@ -24,6 +24,8 @@ How ``code_shape`` maps to the grid (``PixelCNNPriorConfig.layout``):
 - ``(h, w)`` with ``layout="grid"``: the image grid itself, raster order.
 - ``(Q, T)`` with ``layout="frames"``: multi-codebook audio, transposed to a ``(T, Q)`` grid so
   the order is frame-major: all levels ``q = 0..Q-1`` of frame ``t`` before frame ``t + 1``.
+  (With the default ``layout="grid"`` a ``(Q, T)`` shape is read as a ``Q x T`` image, i.e.
+  level-major; audio priors should set ``layout="frames"``.)
 - ``(Q, h, w)`` with ``layout="grid"``: ``Q`` codebooks per image position, laid out as an
   ``(h, w * Q)`` grid, so the ``Q`` levels of a position come one after the other.
 
@@ -199,11 +201,11 @@ class GatedLayer(nn.Module):
                         bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`horizontal` at one position, as matrix products (sampling, eval mode).
 
-        ``window (B, p + 1, C)``: the input at columns ``j - p .. j``, channel-last; ``h (B, C)``:
+        ``window (B, C, p + 1)``: the input at columns ``j - p .. j``; ``h (B, C)``:
         the input at ``j``; ``link (B, 2*hidden)``; ``bias (B, 2*hidden)`` or None.
         Returns the next ``h`` and the skip output, both ``(B, hidden)``.
         """
-        weight = rearrange(self.h_conv.weight, "o c 1 k -> o (k c)")  # (2*hidden, (p+1)*C)
+        weight = self.h_conv.weight.flatten(1)  # (2*hidden, C*(p+1)), a view
         a = F.linear(window.flatten(1), weight, self.h_conv.bias) + link  # (B, 2*hidden)
         if bias is not None:
             a = a + bias
@@ -235,8 +237,9 @@ class PixelCNNPrior(Prior):
             GatedLayer(c.embed_dim if i == 0 else c.hidden, c.hidden, c.kernel_size, i == 0,
                        num_labels, c.dropout)
             for i in range(c.num_layers))
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c.hidden, c.hidden, 1), nn.ReLU(),
-                                  nn.Conv2d(c.hidden, c.codebook_size, 1))
+        # output head on the summed skips: ReLU -> 1x1 -> ReLU -> 1x1 to K logits
+        self.head_hidden = nn.Conv2d(c.hidden, c.hidden, 1)
+        self.head_out = nn.Conv2d(c.hidden, c.codebook_size, 1)
 
     # ----------------------------------------------------------------------- layout
     @property
@@ -259,7 +262,7 @@ class PixelCNNPrior(Prior):
         return rearrange(codes, "b q h w -> b h (w q)")
 
     def from_grid(self, x: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_grid` on the trailing two dims: ``(..., H, W) -> (..., *code_shape)``."""
+        """Inverse of :meth:`to_grid`: ``(..., H, W) -> (..., *code_shape)``."""
         s = self.code_shape
         if len(s) == 1:
             return x[..., 0, :]
@@ -272,9 +275,10 @@ class PixelCNNPrior(Prior):
         """``(B, H, W)`` codes -> ``(B, E, H, W)`` embeddings."""
         return rearrange(self.embed(grid), "b h w e -> b e h w")
 
-    def _grid_logits_uncached(self, grid: torch.Tensor, biases: list) -> torch.Tensor:
-        """Full network on ``grid (B, H, W)`` -> logits ``(B, K, H, W)``."""
+    def _grid_logits(self, grid: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Full network: ``grid (B, H, W)``, ``cond (B,)`` or None -> logits ``(B, K, H, W)``."""
         p = self.config.kernel_size // 2
+        biases = [layer.biases(cond) for layer in self.layers]
         x = self._embed(grid)  # (B, E, H, W)
         v, h = _shift_down(x), _shift_right(x)
         skips = 0
@@ -283,11 +287,7 @@ class PixelCNNPrior(Prior):
             v, link = layer.vertical(F.pad(v, (p, p, p, 0)), v, vb)
             h, s = layer.horizontal(F.pad(h, (p, 0)), h, link, hb)
             skips = skips + s  # (B, hidden, H, W)
-        return self.head(skips)
-
-    def _grid_logits(self, grid: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Full network: ``grid (B, H, W)``, ``cond (B,)`` or None -> ``(B, K, H, W)``."""
-        return self._grid_logits_uncached(grid, [layer.biases(cond) for layer in self.layers])
+        return self.head_out(F.relu(self.head_hidden(F.relu(skips))))
 
     def logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """Teacher-forced logits ``(B, K, *code_shape)`` for codes ``(B, *code_shape)``.
@@ -354,41 +354,54 @@ class PixelCNNPrior(Prior):
             device = self.embed.weight.device
             batch = 2 * n if guided else n
             biases = [layer.biases(cond) or (None, None) for layer in self.layers]
-            grid = torch.zeros(batch, H, W, dtype=torch.long, device=device)
             widths = [self.config.embed_dim] + [self.config.hidden] * (len(self.layers) - 1)
-            # vbuf[l][:, :, p + i, p:p + W] is layer l's vertical input at row i; zeros elsewhere
-            # are the convolution padding. Rows are written once, when they become known.
+            grid = torch.zeros(batch, H, W, dtype=torch.long, device=device)
+            # vbuf[l][:, :, p + i, p:p + W] is layer l's vertical input at row i; the rest is the
+            # convolution's zero padding. Row i is written once, when row i - 1 is complete.
             vbuf = [torch.zeros(batch, w, H + p, W + 2 * p, device=device) for w in widths]
             for r in range(H):
-                if r > 0:  # the vertical stack's input is the embedded grid shifted down a row
-                    vbuf[0][:, :, p + r, p:p + W] = self.embed(grid[:, r - 1]).transpose(1, 2)
-                links = []  # per layer (B, 2*hidden, 1, W), the vertical link at row r
-                for l, (layer, (vb, _)) in enumerate(zip(self.layers, biases)):
-                    v, link = layer.vertical(vbuf[l][:, :, r:r + p + 1],
-                                             vbuf[l][:, :, p + r:p + r + 1, p:p + W], vb)
-                    if l + 1 < len(self.layers):
-                        vbuf[l + 1][:, :, p + r, p:p + W] = v[:, :, 0]
-                    links.append(link)
-                # hbuf[l][:, p + j] is layer l's horizontal input at (r, j), channel-last;
-                # the first p columns are the zero padding
-                hbuf = [torch.zeros(batch, W + p, w, device=device) for w in widths]
+                links = self._vertical_row(vbuf, grid, r, biases)
+                # hbuf[l][:, :, p + j] is layer l's horizontal input at (r, j); p zeros on the left
+                hbuf = [torch.zeros(batch, w, W + p, device=device) for w in widths]
                 for c in range(W):
-                    if c > 0:  # the horizontal input is the embedded row shifted right a column
-                        hbuf[0][:, p + c] = self.embed(grid[:, r, c - 1])  # (B, E)
-                    skips = 0
-                    for l, (layer, (_, hb)) in enumerate(zip(self.layers, biases)):
-                        h, s = layer.horizontal_step(
-                            hbuf[l][:, c:c + p + 1], hbuf[l][:, p + c], links[l][:, :, 0, c],
-                            None if hb is None else hb[:, :, 0, 0])  # (B, hidden) each
-                        if l + 1 < len(self.layers):
-                            hbuf[l + 1][:, p + c] = h
-                        skips = skips + s
-                    hidden = _pointwise(self.head[1], F.relu(skips))
-                    logits = _pointwise(self.head[3], F.relu(hidden))  # (batch, K)
+                    logits = self._horizontal_step(hbuf, grid, r, c, links, biases)  # (batch, K)
                     code = self._pick(logits, n, guided, cfg_scale, temperature, top_k, top_p,
                                       generator)  # (n,)
                     grid[:, r, c] = code.repeat(batch // n)
             return self.from_grid(grid[:n])
+
+    def _vertical_row(self, vbuf: list[torch.Tensor], grid: torch.Tensor, r: int, biases: list
+                      ) -> list[torch.Tensor]:
+        """Run every vertical layer on row ``r`` only (rows above are in ``vbuf``); returns the
+        per-layer links into the horizontal stack at row ``r``, each ``(B, 2*hidden, W)``."""
+        p, W = self.config.kernel_size // 2, grid.shape[2]
+        if r > 0:  # the vertical input is the embedded grid shifted down a row
+            vbuf[0][:, :, p + r, p:p + W] = self.embed(grid[:, r - 1]).transpose(1, 2)  # (B, E, W)
+        links = []
+        for l, (layer, (bias, _)) in enumerate(zip(self.layers, biases)):
+            v, link = layer.vertical(vbuf[l][:, :, r:r + p + 1],  # rows r - p .. r, padded
+                                     vbuf[l][:, :, p + r:p + r + 1, p:p + W], bias)
+            if l + 1 < len(self.layers):
+                vbuf[l + 1][:, :, p + r, p:p + W] = v[:, :, 0]  # (B, hidden, W)
+            links.append(link[:, :, 0])
+        return links
+
+    def _horizontal_step(self, hbuf: list[torch.Tensor], grid: torch.Tensor, r: int, c: int,
+                         links: list[torch.Tensor], biases: list) -> torch.Tensor:
+        """Run every horizontal layer and the head at ``(r, c)`` only (columns to the left are
+        in ``hbuf``); returns the logits there, ``(B, K)``."""
+        p = self.config.kernel_size // 2
+        if c > 0:  # the horizontal input is the embedded row shifted right a column
+            hbuf[0][:, :, p + c] = self.embed(grid[:, r, c - 1])  # (B, E)
+        skips = 0
+        for l, (layer, (_, bias)) in enumerate(zip(self.layers, biases)):
+            bias = None if bias is None else bias[:, :, 0, 0]  # (B, 2*hidden)
+            h, s = layer.horizontal_step(hbuf[l][:, :, c:c + p + 1],  # columns c - p .. c
+                                         hbuf[l][:, :, p + c], links[l][:, :, c], bias)
+            if l + 1 < len(self.layers):
+                hbuf[l + 1][:, :, p + c] = h  # (B, hidden)
+            skips = skips + s  # (B, hidden)
+        return _pointwise(self.head_out, F.relu(_pointwise(self.head_hidden, F.relu(skips))))
 
     def generate_naive(self, n: int, labels=None, temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None,

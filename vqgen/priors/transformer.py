@@ -265,13 +265,12 @@ class TransformerPrior(Prior):
         tokens = self._to_sequence(codes) + self._offsets                      # (B, N)
         inputs = torch.cat([self._start_tokens(labels, b, device)[:, None], tokens[:, :-1]], 1)
         hidden = self._backbone(inputs)                                        # (B, N, H)
-        q = self.num_levels
+        q, k = self.num_levels, self.codebook_size
         # Score each position against its own level's K rows only: (B, R, Q, H) x (Q, K, H).
         hidden = hidden.reshape(b, -1, q, hidden.shape[-1])
-        logits = torch.einsum("brqh,qkh->brqk", hidden, self._head_weight())   # (B, R, Q, K)
-        logits = logits.reshape(b, -1, self.codebook_size)                     # (B, N, K)
-        k = self.codebook_size
-        return self._to_grid(logits.transpose(1, 2).reshape(b * k, -1)).reshape(b, k, *self.code_shape)
+        logits = torch.einsum("brqh,qkh->bkrq", hidden, self._head_weight())   # (B, K, R, Q)
+        logits = logits.reshape(b * k, -1)                                     # (B*K, N), seq order
+        return self._to_grid(logits).reshape(b, k, *self.code_shape)
 
     # ----------------------------------------------------------------------- sampling
     def generate(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
@@ -349,7 +348,7 @@ class TransformerPrior(Prior):
                 tokens[:, j:j + 1], cache, positions[:, j:j + 1])[:, -1]
         # static: reuse the preallocated decoder (and its CUDA graph) while the weights stay put
         key = (rows, str(device), tuple(p.data_ptr() for p in self.lm.parameters()))
-        decoders = self.__dict__.setdefault("_static_decoders", {})
+        decoders = self.__dict__.setdefault("_static_decoders", _DecoderCache())
         if key not in decoders:
             if len(decoders) >= 4:
                 decoders.clear()
@@ -357,6 +356,17 @@ class TransformerPrior(Prior):
         decoder = decoders[key]
         decoder.reset()
         return decoder
+
+
+class _DecoderCache(dict):
+    """Per-module cache of :class:`_StaticDecoder` objects; copies and pickles of the module start
+    with an empty one (CUDA graphs can be neither copied nor pickled)."""
+
+    def __deepcopy__(self, memo):
+        return _DecoderCache()
+
+    def __reduce__(self):
+        return _DecoderCache, ()
 
 
 class _StaticDecoder:
@@ -414,16 +424,18 @@ class _StaticDecoder:
     def __call__(self, j: int, tokens: torch.Tensor) -> torch.Tensor:
         self.token.copy_(tokens[:, j:j + 1])
         self.position.fill_(j)
-        self.visible[..., j] = True
+        self.visible[..., j].fill_(True)
         if self.mask is not self.visible:
-            self.mask[..., j] = 0.0
+            self.mask[..., j].fill_(0.0)
         if self.graph is None:
             return self._forward()
         self.graph.replay()
         return self.hidden
 
 
-def transformer_prior_tiny(**overrides) -> TransformerPrior:
-    """Debug preset for tests: 2 layers, 32 wide, 2 heads."""
-    cfg = {"codebook_size": 16, "code_shape": (4, 4), "hidden_size": 32, "num_layers": 2, "num_heads": 2}
-    return TransformerPrior.from_config({**cfg, **overrides})
+def transformer_prior_debug(codebook_size: int = 16, code_shape: tuple = (4, 4), **overrides
+                            ) -> TransformerPrior:
+    """A tiny Transformer prior for tests and smoke runs: 2 layers, 32 wide, 2 heads."""
+    return TransformerPrior.from_config(codebook_size=codebook_size, code_shape=code_shape,
+                                        **{"hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                                           **overrides})

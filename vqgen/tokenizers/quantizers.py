@@ -2,7 +2,7 @@
 
 Input is channel-last ``(..., dim)``. The quantizer math (projections, distances, EMA statistics)
 always runs in fp32 with autocast disabled; outputs are cast back to the input dtype. Nearest codes
-are found with chunked ``addmm`` + ``argmin`` (``||e||^2 - 2 z e^T``; ``||z||^2`` is constant per
+are found with chunked ``addmm`` + row-wise ``min`` (``||e||^2 - 2 z e^T``; ``||z||^2`` is constant per
 row), so a 65,536-entry codebook never materialises an ``N x K`` distance matrix or one-hot; EMA
 statistics use ``bincount`` / ``index_add_``.
 
@@ -151,7 +151,8 @@ class VectorQuantizerConfig:
     kmeans_init: bool = True            # k-means on the first training batch
     kmeans_iters: int = 10              # Lloyd iterations (0: codes = random batch rows)
     kmeans_max_samples: int = 65536     # random subset of the first batch used by k-means
-    dead_code_threshold: float = 1e-2   # EMA usage (vectors/step, all ranks) below which a code restarts
+    dead_code_threshold: float = 1e-2   # EMA usage (vectors/step, all ranks) below which a code
+                                        # restarts from a batch row; 0 disables restarts
     cosine: bool = False                # l2-normalised inputs and codes
     chunk_size: int | None = None       # rows per distance chunk; None: auto (<= 2**26 floats/chunk)
     check_finite: bool = True           # NaN/inf check on input (one host sync per call)
@@ -190,6 +191,8 @@ class VectorQuantizer(ConfigModel):
     otherwise), ``cluster_size`` ``(K,)`` EMA usage, ``embed_sum`` ``(K, codebook_dim)`` (EMA only),
     ``initted`` (k-means done). Keep these buffers fp32 (use autocast, not ``.half()``).
     Training-mode ``forward`` updates them; ``encode``/``decode`` and eval-mode calls never do.
+    Under torch.distributed a training forward all-reduces one ``(K, codebook_dim + 1)`` block and,
+    when ``dead_code_threshold > 0``, broadcasts a ``(K, codebook_dim)`` block of restart candidates.
     """
 
     config_class = VectorQuantizerConfig
@@ -297,13 +300,13 @@ class VectorQuantizer(ConfigModel):
             if self.training and self._needs_init():
                 self._kmeans_init(x.detach())
             codebook = self.codebook.float()                           # (K, cd)
-            codes, sq_dist = nearest_codes(x.detach(), codebook, cfg.chunk_size)
+            codes, _ = nearest_codes(x, codebook, cfg.chunk_size)
             e = F.embedding(codes, codebook)                           # (N, cd)
             mse = F.mse_loss(x, e.detach())
             loss = cfg.beta * mse
             if not cfg.use_ema:
                 loss = loss + F.mse_loss(x.detach(), e)
-            quantized = self.project_out(e)         # straight-through
+            quantized = self.project_out(x + (e - x).detach())         # straight-through
             counts = torch.bincount(codes, minlength=cfg.codebook_size)
             if self.training:
                 dead = self._update(x.detach(), codes, counts)
