@@ -117,7 +117,7 @@ class PixelCNNPriorConfig:
 
 # --------------------------------------------------------------------------- helpers
 def _gate(a: torch.Tensor) -> torch.Tensor:
-    """``(B, 2C, H, W) -> (B, C, H, W)``: ``tanh(first half) * sigmoid(second half)``."""
+    """``(B, 2C, ...) -> (B, C, ...)``: ``tanh(first half) * sigmoid(second half)`` of dim 1."""
     x, g = a.chunk(2, dim=1)
     return torch.tanh(x) * torch.sigmoid(g)
 
@@ -209,8 +209,7 @@ class GatedLayer(nn.Module):
         a = F.linear(window.flatten(1), weight, self.h_conv.bias) + link  # (B, 2*hidden)
         if bias is not None:
             a = a + bias
-        x, gate = a.chunk(2, dim=1)
-        g = torch.tanh(x) * torch.sigmoid(gate)  # (B, hidden)
+        g = _gate(a)  # (B, hidden)
         out = _pointwise(self.h_out, g)
         if not self.first:
             out = out + h
