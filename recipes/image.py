@@ -122,6 +122,7 @@ def main(argv=None) -> dict:
     def prior_step(model, batch):
         return model.loss(batch[0], batch[1]), {}
 
+    @torch.no_grad()
     def prior_eval(model):
         nll = sum(float(model.nll(c.to(device), y.to(device)).sum())
                   for c, y in zip(test_codes.split(512), test_y.split(512)))
@@ -156,7 +157,8 @@ def main(argv=None) -> dict:
     clf, clf_acc = M.train_classifier(
         data.train_x, data.train_y, data.test_x, data.test_y, steps=cfg["classifier"]["steps"],
         batch_size=cfg["classifier"]["batch_size"], device=device,
-        cache_path=Path(cfg["data_root"]) / data.name / f"classifier-{len(data.train_x)}-{cfg['classifier']['steps']}")
+        cache_path=Path(cfg["data_root"]) / data.name
+        / f"classifier-n{len(data.train_x)}-s{cfg['classifier']['steps']}.safetensors")
     n_eval = cfg["num_eval_samples"]
     eval_labels = torch.arange(n_eval) % num_classes
     fake = pipe.generate(n_eval, labels=eval_labels, seed=cfg["seed"] + 1, batch_size=500, **cfg["sampling"])

@@ -25,12 +25,12 @@ def conv(dims: int, in_channels: int, out_channels: int, kernel_size: int = 3,
     return cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
 
 
-def num_groups(channels: int, max_groups: int = 32) -> int:
-    """Largest divisor of ``channels`` that is <= ``max_groups`` (GroupNorm needs a divisor)."""
-    for g in range(min(max_groups, channels), 0, -1):
-        if channels % g == 0:
-            return g
-    return 1
+def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """GroupNorm group count: the largest divisor of ``channels`` that is <= ``max_groups`` and
+    leaves at least ``min_group_size`` channels per group (32 groups of 4 at 128 channels, 8
+    groups of 4 at 32: narrow layers do not degenerate into per-channel instance norm)."""
+    limit = max(1, min(max_groups, channels // min_group_size))
+    return next(g for g in range(limit, 0, -1) if channels % g == 0)
 
 
 def norm(channels: int) -> nn.GroupNorm:
