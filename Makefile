@@ -22,8 +22,14 @@ data:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	  echo "note: Fashion-MNIST not installed; the demo falls back to scikit-learn digits"
 
+
 demo: $(STAMP) data
-	$(BIN)/python recipes/image.py --preset quick $(DEMO_ARGS)
+	@if [ -n "$$(ls data/fashion-mnist/train-images-idx3-ubyte* /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* 2>/dev/null)" ]; then \
+	  $(BIN)/python recipes/image.py --preset quick $(DEMO_ARGS); \
+	else \
+	  echo "Fashion-MNIST not found: running the image demo on scikit-learn digits"; \
+	  $(BIN)/python recipes/image.py --preset quick dataset=digits name=image-quick-digits $(DEMO_ARGS); \
+	fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

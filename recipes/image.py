@@ -45,7 +45,7 @@ def parse_args(argv=None) -> dict:
     p.add_argument("--runs", default="runs", help="parent folder of run directories")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.preset, args.overrides,
                       open_keys=("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn"))
     if cfg["prior"] not in PRIORS:
