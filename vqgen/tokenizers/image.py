@@ -352,6 +352,10 @@ def image_tokenizer_28x28_gray(**overrides: Any) -> ImageTokenizer:
     per step): a code is restarted when it gets under ~40% of the mean usage, which keeps test
     perplexity near the codebook size. For other batch sizes pass about
     ``0.4 * batch * 49 / codebook_size``.
+
+    Train with AdamW at a peak LR of about 5e-4 (warmup, cosine decay, grad clip 1.0): in CPU
+    trials this model learned fastest at 2.5e-4-5e-4, while 1e-3-2e-3 squeezed its latents onto a
+    near-discrete low-rank set and lost 1.5-2.5 dB early on.
     """
     values = dict(in_channels=1, downsample=4, codebook_size=512, image_size=28, channels=32,
                   channel_mult=(1, 4, 8), num_res_blocks=2, decoder_res_blocks=3,
