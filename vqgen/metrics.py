@@ -304,7 +304,8 @@ def frechet_distance(real_images: torch.Tensor, fake_images: torch.Tensor,
     extract = getattr(feature_model, "features", feature_model)
     dim = extract(real_images[:2].to(device)).flatten(1).shape[1]
     fid = FrechetInceptionDistance(feature=_Features(feature_model, dim), normalize=True,
-                                   reset_real_features=True).to(device)
+                                   reset_real_features=True,  # one rank evaluates: no sync
+                                   sync_on_compute=False).to(device)
     for images, real in ((real_images, True), (fake_images, False)):
         for i in range(0, len(images), batch_size):
             fid.update(_as_float_images(images[i:i + batch_size]).to(device), real=real)
