@@ -45,3 +45,19 @@ def test_report_command_writes_html(tmp_path, capsys):
     (tmp_path / "logs" / "tokenizer.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n')
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "report.html").is_file()
+
+
+def test_train_tokenizer_prior_evaluate_generate(tmp_path, capsys):
+    run, root = str(tmp_path / "run"), str(tmp_path / "data")
+    common = ["--dataset", "digits", "--root", root, "--limit", "256", "--steps", "12", "--batch-size", "32"]
+    assert main(["train", "tokenizer", "--run-dir", run, "--preset", "image_tokenizer_debug", *common]) == 0
+    assert main(["train", "prior", run, "--prior", "pixelcnn", *common, "hidden=16", "num_layers=2"]) == 0
+    assert main(["evaluate", run, "--dataset", "digits", "--root", root, "--limit", "64"]) == 0
+    import json
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics) >= {"test_psnr", "test_ssim", "perplexity", "usage", "prior_bits_per_code"}
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert main(["generate", run, "--n", "3", "--labels", "0,1,2", "--out", str(tmp_path / "gen")]) == 0
+    assert len(list((tmp_path / "gen").glob("*.png"))) == 4
+    assert main(["train", "prior", run, "--prior", "pixelcnn", *common, "hiddn=16"]) == 2
+    assert "unknown PixelCNNPriorConfig key" in capsys.readouterr().err
