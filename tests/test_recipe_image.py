@@ -79,3 +79,16 @@ def test_cli_generate_encode_decode_on_run(run, tmp_path, capsys):
     assert (tmp_path / "dec" / "0001.png").is_file()
     assert cli(["generate", str(run_dir), "--n", "2", "--labels", "99"]) == 2
     assert "unknown label" in capsys.readouterr().err
+
+
+def test_pixelcnn_prior_reusing_the_tokenizer(run, tmp_path):
+    run_dir, _, argv = run
+    argv = [a for a in argv if not a.startswith(("--runs", "name="))]
+    argv = [a for a in argv if a != str(run_dir.parent)]
+    metrics = load_recipe().main([*argv, "--runs", str(tmp_path), "name=pcnn", "prior=pixelcnn",
+                                  f"tokenizer_from={run_dir / 'tokenizer'}"])
+    assert math.isfinite(metrics["prior_bits_per_code"]) and metrics["train_seconds"] > 0
+    assert (tmp_path / "pcnn" / "samples" / "samples_grid_pixelcnn.png").is_file()
+    tok = (tmp_path / "pcnn" / "tokenizer" / "model.safetensors").read_bytes()
+    assert tok == (run_dir / "tokenizer" / "model.safetensors").read_bytes()
+    assert not (tmp_path / "pcnn" / "logs" / "tokenizer.jsonl").exists()
