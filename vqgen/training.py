@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -588,7 +589,8 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
                   None if state is None else step, active=main)
     _barrier()  # nobody trains before rank 0 has truncated the log
     bar = tqdm(total=config.steps, initial=step, desc=component, dynamic_ncols=True,
-               disable=not (config.progress and main))
+               disable=not (config.progress and main),
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)  # a log file gets a line per 10 s
     last_eval = last_ckpt = last_log = step if state is not None else -1
     elapsed = lambda: seconds_before + time.perf_counter() - t_start  # noqa: E731
 
