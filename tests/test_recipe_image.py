@@ -92,3 +92,18 @@ def test_pixelcnn_prior_reusing_the_tokenizer(run, tmp_path):
     tok = (tmp_path / "pcnn" / "tokenizer" / "model.safetensors").read_bytes()
     assert tok == (run_dir / "tokenizer" / "model.safetensors").read_bytes()
     assert not (tmp_path / "pcnn" / "logs" / "tokenizer.jsonl").exists()
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_presets_resolve_to_buildable_models(preset):
+    recipe = load_recipe()
+    cfg = recipe.parse_args(["--preset", preset])
+    from vqgen.tokenizers import image as image_tokenizers
+    tok = getattr(image_tokenizers, cfg["tokenizer"]["preset"])(in_channels=1, **cfg["tokenizer"]["overrides"])
+    assert tok.code_shape(1, 28, 28) == (7, 7) and tok.codebook_size == 512
+    for name, cls in recipe.PRIORS.items():
+        prior = cls.from_config(codebook_size=512, code_shape=(7, 7), num_classes=10, **cfg["prior_config"][name])
+        assert prior.num_classes == 10
+    assert cfg["tokenizer_train"]["steps"] == (3000 if preset == "full" else 800)
+    if preset == "full":
+        assert cfg["tokenizer_train"]["batch_size"] == 256
