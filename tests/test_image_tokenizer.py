@@ -9,15 +9,6 @@ from vqgen.tokenizers.image import (ImageTokenizer, ImageTokenizerConfig, image_
                                     image_tokenizer_32x32_rgb, image_tokenizer_debug)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convs: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _images(b, c, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, c, h, w, generator=g)

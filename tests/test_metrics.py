@@ -11,15 +11,6 @@ from vqgen.metrics import (ImageClassifier, bits_per_code, class_accuracy, codeb
                            train_classifier)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convs: one intra-op thread is as fast and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     return load_image_dataset("digits", root=tmp_path_factory.mktemp("data"))

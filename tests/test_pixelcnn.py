@@ -10,15 +10,6 @@ import torch
 from vqgen.priors.pixelcnn import PixelCNNPrior, PixelCNNPriorConfig, pixelcnn_debug
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add contention on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> PixelCNNPrior:
     torch.manual_seed(0)
     model = pixelcnn_debug(**overrides)

@@ -15,16 +15,6 @@ K = 16
 TINY = dict(codebook_size=K, hidden_size=32, num_layers=2, num_heads=2)  # config-level tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP barriers
-    make each small op wait for a descheduled thread; run this module on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(seed: int = 0, **overrides) -> TransformerPrior:
     torch.manual_seed(seed)
     return transformer_prior_debug(**{"codebook_size": K, "code_shape": (3, 5), **overrides}).eval()
