@@ -2,7 +2,9 @@
 """Image recipe, top to bottom: data -> tokenizer -> codes -> prior -> samples -> metrics -> report.
 
     python recipes/image.py --preset quick                       # CPU, about 3 minutes
-    python recipes/image.py --preset full                        # GPU quality run
+    python recipes/image.py --preset full                        # quality run, ~1.5 h on 2 CPU cores
+    python recipes/image.py --preset full prior=pixelcnn name=image-full-pixelcnn \
+        tokenizer_from=runs/image-full/tokenizer                 # reuse the tokenizer
     python recipes/image.py --preset quick prior=pixelcnn name=image-pixelcnn
     torchrun --nproc_per_node=2 recipes/image.py --preset full   # DDP
 

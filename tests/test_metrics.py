@@ -163,6 +163,21 @@ def test_classifier_learns_digits_and_caches(digits, classifier, tmp_path):
     assert acc3 != 0.125 and json.loads(info_path.read_text())["config"]["steps"] == 6
 
 
+def test_classifier_ignores_and_keeps_the_callers_global_rng(digits):
+    """Same seed, same classifier, whatever the global RNG held (dropout draws from it)."""
+    kwargs = dict(steps=5, batch_size=16, width=8)
+    torch.manual_seed(1)
+    a, acc_a = train_classifier(digits.train_x, digits.train_y, digits.test_x, digits.test_y, **kwargs)
+    after = torch.rand(3)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), after)          # the caller's stream was not consumed
+    torch.manual_seed(2)
+    b, acc_b = train_classifier(digits.train_x, digits.train_y, digits.test_x, digits.test_y, **kwargs)
+    assert acc_a == acc_b
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+
+
 def test_classifier_rejects_bad_shapes(digits):
     with pytest.raises(ValueError, match="labels"):
         train_classifier(digits.train_x, digits.train_y[:5], digits.test_x, digits.test_y, steps=1)

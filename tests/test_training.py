@@ -142,6 +142,20 @@ def test_loss_decreases_and_lr_follows_schedule(tmp_path):
     assert lrs[1] < lrs[4] and lrs[60] < lrs[30] < lrs[5]
 
 
+@pytest.mark.parametrize("cpu_amp", [False, True])
+def test_cpu_amp_runs_the_step_under_bf16_autocast_only_when_asked(tmp_path, cpu_amp):
+    seen = []
+
+    def step(m, b):
+        h = m.inp(b[0])
+        seen.append((torch.is_autocast_enabled("cpu"), h.dtype))
+        return F.mse_loss(m.out(torch.relu(h)).squeeze(-1).float(), b[1]), {}
+    train(make_model(), make_data(), tmp_path, cfg(steps=3, cpu_amp=cpu_amp), component="prior",
+          step_fn=step)
+    expected = (True, torch.bfloat16) if cpu_amp else (False, torch.float32)
+    assert seen == [expected] * 3
+
+
 def test_jsonl_log_intervals_metrics_and_eval(tmp_path):
     calls = {"n": 0}
 

@@ -176,7 +176,8 @@ class ImageClassifier(nn.Module):
 def _classifier_meta(train_x: torch.Tensor, num_classes: int, **hparams) -> dict:
     """What a cached classifier must match: data geometry and training hyper-parameters."""
     return {"in_channels": int(train_x.shape[1]), "image_size": list(train_x.shape[2:]),
-            "num_classes": num_classes, "num_train": int(len(train_x)), **hparams}
+            "num_classes": num_classes, "num_train": int(len(train_x)),
+            "version": 2, **hparams}  # 2: dropout seeded too (1 drew it from the global RNG)
 
 
 def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -225,17 +226,21 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
                                                 pct_start=0.1)
     pad = max(1, train_x.shape[-1] // 14)  # random shifts of up to ~7% of the width
     model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
-        x = _as_float_images(train_x[idx]).to(device)  # (B, C, H, W)
-        y = train_y[idx].long().to(device)
-        shift = torch.randint(-pad, pad + 1, (2,), generator=gen).tolist()
-        x = torch.roll(F.pad(x, (pad,) * 4), shift, dims=(-2, -1))[..., pad:-pad, pad:-pad]
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    # dropout draws from the global RNG: seed it here (and restore the caller's stream after)
+    # so the classifier, and every accuracy/FD scored with it, depends on nothing but `seed`
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
+            x = _as_float_images(train_x[idx]).to(device)  # (B, C, H, W)
+            y = train_y[idx].long().to(device)
+            shift = torch.randint(-pad, pad + 1, (2,), generator=gen).tolist()
+            x = torch.roll(F.pad(x, (pad,) * 4), shift, dims=(-2, -1))[..., pad:-pad, pad:-pad]
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     model.eval()
     acc = class_accuracy(test_x, test_y, model)
     if cache_path is not None:

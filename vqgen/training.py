@@ -1,7 +1,7 @@
 """The one training loop shared by both stages (tokenizer, prior) of every modality.
 
 ``train(model, dataset, run_dir, config, component=..., step_fn=...)`` runs AdamW with linear
-warmup + cosine decay, gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``,
+warmup + cosine decay, gradient clipping, bf16 autocast (CUDA; CPU on request), optional ``torch.compile``,
 periodic evaluation, a tqdm bar, a JSONL log (plus TensorBoard when installed), atomic checkpoints,
 exact resume and DDP. What it leaves in ``run_dir``::
 
@@ -75,7 +75,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     seed: int = 0
-    amp: bool = True                 # bf16 autocast, only on CUDA; ignored on CPU
+    amp: bool = True                 # bf16 autocast on CUDA
+    cpu_amp: bool = False            # bf16 autocast on CPU too (fast with AVX512-BF16 / AMX)
     compile: bool = False
     device: str = "auto"
     num_workers: int = 0
@@ -583,8 +584,12 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
 
     step_model = _step_model(model, device, config.compile)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (config.amp and device.type == "cuda") \
-        else contextlib.nullcontext()
+    if config.amp and device.type == "cuda":
+        amp = torch.autocast("cuda", dtype=torch.bfloat16)
+    elif config.cpu_amp and device.type == "cpu":
+        amp = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        amp = contextlib.nullcontext()
     log = _RunLog(run_dir / "logs" / f"{component}.jsonl", run_dir / "logs" / "tb" / component,
                   None if state is None else step, active=main)
     _barrier()  # nobody trains before rank 0 has truncated the log
