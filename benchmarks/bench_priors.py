@@ -14,7 +14,7 @@ Sampling: a batch of ``--n`` class-conditional 7x7 code maps (K=512, 10 classes,
 
 Training: ``image_tokenizer_train_step``: forward + backward + AdamW step of
 ``image_tokenizer_28x28_gray()`` (the full-preset model; bf16 autocast on CUDA, and on CPU with
-``--cpu-amp``; encoder and decoder compiled with ``--compile``, as the full preset trains it) on
+``--cpu-amp``; ``torch.compile``-d with ``--compile``, as the full preset trains it) on
 random 28x28 batches of 256; reports images/s.
 
 ``seconds`` is the median wall time of ``--repeats`` runs after one warm-up run (CUDA
@@ -158,9 +158,7 @@ def bench_tokenizer(args, device: torch.device) -> None:
     torch.manual_seed(0)
     # the full-preset model (Fashion-MNIST quality target), trained as the full preset trains it
     model = image_tokenizer_28x28_gray().to(device).train()
-    if args.compile:
-        model.encoder.compile()
-        model.decoder.compile()
+    run = torch.compile(model) if args.compile else model  # as TrainConfig(compile=True) does
     batch = args.tokenizer_batch
     x = torch.rand(batch, 1, 28, 28, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -168,15 +166,17 @@ def bench_tokenizer(args, device: torch.device) -> None:
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=device.type == "cuda" or args.cpu_amp):
-            out = model(x)
+            out = run(x)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
 
-    times = time_runs(step, device, args.repeats, warmup=(2 if args.compile else 1) if device.type == "cpu" else 3)
+    warmup = (2 if args.compile else 1) if device.type == "cpu" else 3
+    times = time_runs(step, device, args.repeats, warmup=warmup)
     record("image_tokenizer_train_step", times, device, batch=batch, image_size=[28, 28],
            params=model.num_parameters(), compile=args.compile,
-           bf16=device.type == "cuda" or args.cpu_amp, images_per_s=round(batch / statistics.median(times), 1))
+           bf16=device.type == "cuda" or args.cpu_amp,
+           images_per_s=round(batch / statistics.median(times), 1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=6, help="TransformerPrior layers")
     parser.add_argument("--hidden", type=int, default=256, help="TransformerPrior width")
     parser.add_argument("--tokenizer-batch", type=int, default=256)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's encoder/decoder")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the tokenizer")
     parser.add_argument("--cpu-amp", action="store_true", help="bf16 autocast for the tokenizer on CPU too")
     parser.add_argument("--only", choices=["transformer", "pixelcnn", "tokenizer"], nargs="*",
                         help="run only these groups")

@@ -1,9 +1,9 @@
 """The one training loop shared by both stages (tokenizer, prior) of every modality.
 
 ``train(model, dataset, run_dir, config, component=..., step_fn=...)`` runs AdamW with linear
-warmup + cosine decay, gradient clipping, bf16 autocast (CUDA; CPU on request), optional ``torch.compile``,
-periodic evaluation, a tqdm bar, a JSONL log (plus TensorBoard when installed), atomic checkpoints,
-exact resume and DDP. What it leaves in ``run_dir``::
+warmup + cosine decay, gradient clipping, bf16 autocast (CUDA; CPU with ``cpu_amp``), optional
+``torch.compile``, periodic evaluation, a tqdm bar, a JSONL log (plus TensorBoard when installed),
+atomic checkpoints, exact resume and DDP. What it leaves in ``run_dir``::
 
     <component>/                      config.json + model.safetensors (``save_pretrained``)
     train_state_<component>.pt        weights, optimizer, scheduler, step, data position, RNG;

@@ -350,7 +350,8 @@ def image_tokenizer_28x28_gray(**overrides: Any) -> ImageTokenizer:
     ``--preset full`` trains it 3,000 steps at batch 256 (AdamW, peak LR 5e-4, warmup + cosine,
     bf16 autocast, ``torch.compile``); see ``benchmarks/RESULTS.md`` for what that reached. The
     earlier 8.6M-parameter variant (widths 32/128/256, 2/3 blocks) was ~1 dB ahead at step 250-300
-    but trained 2x slower on a 2-core CPU (bf16 + compile: 123 vs 251 images/s).
+    but trained 2x slower on a 2-core CPU (123 vs 251 images/s, bf16
+    with encoder and decoder compiled).
 
     ``vq_dead_code_threshold=10`` is tuned for batch 256 (256 * 49 / 512 = 24.5 vectors per code
     per step): a code is restarted when it gets under ~40% of the mean usage, which keeps test
