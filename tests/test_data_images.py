@@ -182,3 +182,34 @@ def test_image_folder_rgb_and_gray(tmp_path):
     assert g.train_x.shape[1:] == (1, 8, 8) and g.name != data.name
     with pytest.raises(FileNotFoundError):
         load_image_dataset(f"folder:{tmp_path / 'nope'}", root=tmp_path / "data")
+
+
+def test_image_folder_keeps_native_size_and_names_classes(tmp_path, capsys):
+    gray = tmp_path / "gray"
+    _make_folder(gray, "L")  # every image is 20 wide x 12 high
+    data = load_image_dataset(f"folder:{gray}", root=tmp_path / "data")
+    assert data.train_x.shape[1:] == (1, 12, 20) and data.resized is None
+    assert data.class_names == ["cats", "dogs"] and data.id2label == {0: "cats", 1: "dogs"}
+    assert "resized" not in capsys.readouterr().err
+    again = load_image_dataset(f"folder:{gray}", root=tmp_path / "data", image_size=8)
+    assert again.train_x.shape[1:] == (1, 8, 8) and again.resized == "20x12 -> 8x8"
+    assert capsys.readouterr().err.count("resized 20x12 -> 8x8") == 1
+
+
+def test_image_folder_of_mixed_sizes_is_resized_to_the_default(tmp_path, capsys):
+    from PIL import Image
+    from vqgen.data.images import FOLDER_IMAGE_SIZE
+    mixed = tmp_path / "mixed"
+    _make_folder(mixed, "L", n_per_class=3)
+    Image.fromarray(np.zeros((30, 30), dtype=np.uint8), "L").save(mixed / "cats" / "big.png")
+    data = load_image_dataset(str(mixed), root=tmp_path / "data", verbose=False)
+    assert data.train_x.shape[2:] == (FOLDER_IMAGE_SIZE, FOLDER_IMAGE_SIZE)
+    assert data.resized == f"2 different sizes -> {FOLDER_IMAGE_SIZE}x{FOLDER_IMAGE_SIZE}"
+    assert capsys.readouterr().err == ""  # verbose=False prints nothing
+
+
+def test_builtin_class_names(tmp_path):
+    from vqgen.data.images import FASHION_MNIST_CLASSES
+    digits = load_image_dataset("digits", root=tmp_path, limit=5)
+    assert digits.class_names == [str(i) for i in range(10)]
+    assert FASHION_MNIST_CLASSES[3] == "Dress"

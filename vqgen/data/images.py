@@ -15,6 +15,7 @@ import hashlib
 import logging
 import pickle
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
                    "ship", "truck"]
 KNOWN_DATASETS = ("fashion-mnist", "digits", "cifar10", "folder:<path>")
 TEST_FRACTION = 0.2  # for datasets without an official split (digits, folders)
-FOLDER_IMAGE_SIZE = 64
+FOLDER_IMAGE_SIZE = 64  # folders whose images differ in size are resized to this by default
 
 __all__ = ["ImageData", "load_image_dataset", "prepare_image_dataset", "read_idx",
            "KNOWN_DATASETS"]
@@ -44,7 +45,9 @@ class ImageData:
     """A train/test image dataset.
 
     train_x, test_x: uint8 ``(N, C, H, W)``; train_y, test_y: int64 ``(N,)`` in
-    ``[0, len(classes))``; ``name`` is the cache name (``<root>/<name>/prepared``).
+    ``[0, len(classes))``; ``classes`` the class names in label order (also ``class_names``);
+    ``name`` is the cache name (``<root>/<name>/prepared``); ``resized`` says how the images
+    were resized on the way in (e.g. ``"64x48 -> 28x28"``), or is None when kept at their size.
     """
 
     train_x: torch.Tensor
@@ -53,6 +56,18 @@ class ImageData:
     test_y: torch.Tensor
     classes: list[str]
     name: str
+    resized: str | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order: Fashion-MNIST's ("T-shirt/top", ...), digits "0".."9",
+        CIFAR-10's, or a folder's subfolder names (sorted, as ``ImageFolder``)."""
+        return list(self.classes)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """``{label id: class name}`` (the transformers convention)."""
+        return dict(enumerate(self.classes))
 
     @property
     def num_classes(self) -> int:
@@ -210,7 +225,23 @@ def _prepare_cifar10(root: Path, download: bool) -> tuple[dict, dict]:
     return arrays, {"classes": CIFAR10_CLASSES, "source": str(found), "split": "official"}
 
 
-def _prepare_folder(path: Path, size: int, seed: int) -> tuple[dict, dict]:
+def _folder_sizes(files: list[str]) -> tuple[dict[tuple[int, int], int], bool]:
+    """``({(width, height): count}, all grayscale)`` over image files (headers only)."""
+    from PIL import Image
+    sizes: dict[tuple[int, int], int] = {}
+    gray = True
+    for file in files:
+        with Image.open(file) as im:
+            sizes[im.size] = sizes.get(im.size, 0) + 1
+            gray &= im.mode in ("L", "1", "I", "I;16", "LA")
+    return sizes, gray
+
+
+def _prepare_folder(path: Path, size: int | None, seed: int) -> tuple[dict, dict]:
+    """Read ``<path>/<class>/<image>``. ``size`` None keeps the native size when every image
+    shares one, else resizes to ``FOLDER_IMAGE_SIZE``; a resize (shorter side to ``size``, then a
+    centre crop to ``size x size``) is recorded in the manifest as ``resized``."""
+    from PIL import Image
     from torchvision import transforms
     from torchvision.datasets import ImageFolder
     try:
@@ -218,21 +249,30 @@ def _prepare_folder(path: Path, size: int, seed: int) -> tuple[dict, dict]:
     except (FileNotFoundError, RuntimeError) as e:  # no class subfolders / no images
         raise FileNotFoundError(f"cannot read image folder {path}: {e}; expected "
                                 "<dir>/<class>/<image files>") from None
-    resize = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size)])
-    imgs, labels, gray = [], [], True
-    from PIL import Image
+    sizes, gray = _folder_sizes([file for file, _ in folder.samples])
+    native = next(iter(sizes)) if len(sizes) == 1 else None
+    if size is None and native is None:
+        size = FOLDER_IMAGE_SIZE
+    resized = None
+    if size is not None and native != (size, size):
+        shown = "x".join(map(str, native)) if native else f"{len(sizes)} different sizes"
+        resized = f"{shown} -> {size}x{size}"
+        resize = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size)])
+    else:
+        resize = lambda im: im  # noqa: E731 - native size kept
+    imgs, labels = [], []
     for file, label in folder.samples:
         with Image.open(file) as im:
-            gray &= im.mode in ("L", "1", "I", "I;16", "LA")
-            imgs.append(np.asarray(resize(im.convert("RGB")), dtype=np.uint8))  # (S, S, 3)
+            imgs.append(np.asarray(resize(im.convert("RGB")), dtype=np.uint8))  # (H, W, 3)
         labels.append(label)
-    x = np.stack(imgs).transpose(0, 3, 1, 2)  # (N, 3, S, S)
+    x = np.stack(imgs).transpose(0, 3, 1, 2)  # (N, 3, H, W)
     if gray:
         x = x[:, :1]  # grayscale files were replicated to RGB: keep one channel
     y = np.asarray(labels, dtype=np.int64)
     tr, te = _split(len(x), seed)
     arrays = {"train_x": x[tr], "train_y": y[tr], "test_x": x[te], "test_y": y[te]}
-    return arrays, {"classes": list(folder.classes), "source": str(path), "split": "seed"}
+    return arrays, {"classes": list(folder.classes), "source": str(path), "split": "seed",
+                    "resized": resized}
 
 
 # --------------------------------------------------------------------------- public
@@ -245,9 +285,8 @@ def _resolve(name: str, image_size: int | None) -> tuple[str, Path | None]:
         if not path.is_dir():
             raise FileNotFoundError(f"image folder {path} does not exist")
         path = path.resolve()
-        size = image_size or FOLDER_IMAGE_SIZE
         digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-        return f"{path.name}-{digest}-{size}px", path
+        return f"{path.name}-{digest}-{f'{image_size}px' if image_size else 'native'}", path
     raise ValueError(f"unknown image dataset {name!r}; expected one of {', '.join(KNOWN_DATASETS)} "
                      "or an existing directory of class subfolders")
 
@@ -270,7 +309,7 @@ def _load_arrays(name: str, root: Path, split_seed: int, image_size: int | None,
     elif name == "cifar10":
         arrays, meta = _prepare_cifar10(root, download)
     else:
-        arrays, meta = _prepare_folder(folder, image_size or FOLDER_IMAGE_SIZE, split_seed)
+        arrays, meta = _prepare_folder(folder, image_size, split_seed)
     meta = {**meta, "name": cache_name, "split_seed": split_seed if seeded else None}
     save_arrays(prepared, arrays, **meta)
     meta["arrays"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
@@ -286,23 +325,27 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def load_image_dataset(name: str, root: str | Path = "data", split_seed: int = 0,
                        limit: int | None = None, image_size: int | None = None,
-                       download: bool = True) -> ImageData:
+                       download: bool = True, verbose: bool = True) -> ImageData:
     """Load (preparing and caching on first use) a train/test image dataset.
 
     Args:
         name: ``"fashion-mnist"`` (60000/10000 of 1x28x28), ``"digits"`` (scikit-learn's 1797
             8x8 digits upscaled to 1x16x16, split 80/20 by ``split_seed``), ``"cifar10"``
             (50000/10000 of 3x32x32), or ``"folder:/path"`` / an existing directory laid out as
-            ``<dir>/<class>/<image>`` (resized+center-cropped to ``image_size``, default 64;
-            grayscale files give 1 channel, others 3; split 80/20 by ``split_seed``).
+            ``<dir>/<class>/<image>`` (kept at their size when all images share one, else
+            resized and centre-cropped to ``image_size``, default 64; grayscale files give 1
+            channel, others 3; class names are the subfolder names; split 80/20 by
+            ``split_seed``).
         root: where prepared caches live (``<root>/<name>/prepared``) and where raw files are
             looked for first.
         split_seed: seed of the train/test split where there is no official one.
         limit: keep at most the first ``limit`` train and ``limit`` test images (the cache always
             holds the full dataset).
-        image_size: for folders the prepared size; for built-in datasets a size to resize to after
-            loading (antialiased bilinear, not cached).
+        image_size: for folders the prepared size (None: native size when all images share
+            one); for built-in datasets a size to resize to after loading (antialiased bilinear,
+            not cached). Any resize is printed once on stderr and recorded in ``resized``.
         download: allow the torchvision download fallback.
+        verbose: print the resize note (off on non-main DDP ranks).
 
     Returns:
         :class:`ImageData` with uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``.
@@ -320,10 +363,16 @@ def load_image_dataset(name: str, root: str | Path = "data", split_seed: int = 0
     if limit is not None:
         t = {k: v[:limit] for k, v in t.items()}
     folder = cache_name != name
-    if image_size is not None and not folder and t["train_x"].shape[-1] != image_size:
+    resized = meta.get("resized")
+    if image_size is not None and not folder and tuple(t["train_x"].shape[-2:]) != (image_size,) * 2:
+        resized = "x".join(map(str, t["train_x"].shape[-2:][::-1])) + f" -> {image_size}x{image_size}"
         t["train_x"], t["test_x"] = _resize(t["train_x"], image_size), _resize(t["test_x"], image_size)
+    if resized and verbose:
+        print(f"{cache_name}: images resized {resized} (set image_size to choose the size)",
+              file=sys.stderr)
     return ImageData(train_x=t["train_x"], train_y=t["train_y"].long(), test_x=t["test_x"],
-                     test_y=t["test_y"].long(), classes=list(meta["classes"]), name=cache_name)
+                     test_y=t["test_y"].long(), classes=list(meta["classes"]), name=cache_name,
+                     resized=resized)
 
 
 def prepare_image_dataset(name: str, root: str | Path = "data", split_seed: int = 0,
