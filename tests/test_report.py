@@ -73,7 +73,12 @@ def test_write_report_full_run(run_dir):
     for name in ("test_psnr", "usage", "train_seconds", "n_codes", "device"):
         assert f"<td>{name}</td>" in page
     for value in ("23.46", "0.9123", "12346", "512", "cpu"):
-        assert f">{value}</td>" in page
+        assert f">{value}</td>" in page or f">{value} (" in page
+    # Units, meanings and what good is beside each metric; a fallback for unknown keys.
+    assert ">12346 (3 h 25 min)</td><td class='unit'>s</td>" in page
+    assert "<td class='unit'>dB</td><td>peak signal-to-noise ratio" in page
+    assert "<td>n_codes</td><td class='num'>512</td><td class='unit'></td><td>not documented" in page
+    assert "wall time 3 h 25 min" in page
 
     # One chart per component with a polyline, plus extra and eval charts.
     svgs = re.findall(r"<svg.*?</svg>", page, flags=re.S)
@@ -81,8 +86,10 @@ def test_write_report_full_run(run_dir):
     assert "tokenizer: training loss" in titles and "prior: training loss" in titles
     for extra in ("usage", "perplexity", "lr", "test_psnr (eval)"):
         assert f"tokenizer: {extra}" in titles
-    for svg, title in zip(svgs, titles):
-        assert len(_polylines(svg)) == 1, title
+    for svg, title in zip(svgs, titles):  # training series are lines, eval series points
+        assert len(_polylines(svg)) == (0 if "(eval)" in title else 1), title
+    eval_psnr = svgs[titles.index("tokenizer: test_psnr (eval)")]
+    assert eval_psnr.count('class="point"') == 2
     prior_loss = svgs[titles.index("prior: training loss")]
     assert len(_polylines(prior_loss)[0]) == 10  # the NaN point is dropped
     tok_loss = svgs[titles.index("tokenizer: training loss")]
@@ -92,17 +99,18 @@ def test_write_report_full_run(run_dir):
     # Malformed-line note names the file and line.
     assert "tokenizer.jsonl: skipped 1 malformed line(s) (line 4)" in page
 
-    # Images by relative path, reconstructions first, captions from file names.
+    # Images embedded as data URIs (upscaled), samples before reconstructions, captions from
+    # file names.
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert srcs == ["samples/reconstructions.png", "samples/pixelcnn/class%203.png",
-                    "samples/samples_grid.png"]
-    for src in srcs:
-        assert (run_dir / src.replace("%20", " ")).is_file()
+    assert len(srcs) == 3 and all(src.startswith("data:image/png;base64,") for src in srcs)
+    assert page.index("pixelcnn / class 3") < page.index("samples grid") < page.index(
+        "Reconstructions")
     assert "<figcaption>pixelcnn / class 3</figcaption>" in page
     assert "<figcaption>samples grid</figcaption>" in page
+    assert 'width="128" height="64"' in page  # 16x8 upscaled nearest-neighbour by MAX_SCALE=8
 
     # Audio player, escaped text sample, collapsible config.
-    assert "<audio controls" in page and 'src="samples/speech_0.wav"' in page
+    assert "<audio controls" in page and 'src="data:audio/wav;base64,' in page
     assert "<script>" not in page
     assert "hello &lt;script&gt;alert(1)&lt;/script&gt; &amp; bye" in page
     assert "<details><summary>config.json</summary>" in page and "codebook_size" in page
@@ -112,7 +120,7 @@ def test_write_report_custom_out_path_and_title(run_dir, tmp_path):
     out = write_report(run_dir, out_path=tmp_path / "elsewhere" / "r.html", title="A <b> title")
     page = out.read_text(encoding="utf-8")
     assert "<title>A &lt;b&gt; title</title>" in page
-    assert '<img src="../my_run/samples/reconstructions.png"' in page
+    assert '<img src="data:image/png;base64,' in page
     assert not (run_dir / "report.html").exists()
 
 
@@ -200,3 +208,70 @@ def test_format_number():
     assert format_number(1.5e-7) == "1.5e-07"
     assert format_number(123456.7) == "123457"
     assert format_number("cuda") == "cuda"
+
+
+def _pixel(uri: str, xy: tuple[int, int]) -> int:
+    import base64
+    import io
+    img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    return img.convert("L").getpixel(xy)
+
+
+def test_labelled_grid_upscaled_nearest_and_self_contained(tmp_path):
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    grid = np.zeros((2 + 3 * 10, 2 + 2 * 10), dtype=np.uint8)  # 3 rows x 2 cols of 8x8 tiles
+    grid[2:10, 2:10] = 255                                        # the first tile is white
+    Image.fromarray(grid).save(run / "samples" / "grid.png")
+    (run / "samples" / "grid.json").write_text(json.dumps(
+        {"caption": "one row per class", "rows": ["Dress", "Bag", "Coat"],
+         "cols": ["a", "b"], "pad": 2}))
+    (run / "labels.json").write_text(json.dumps({"0": "Dress", "1": "Bag", "2": "Coat"}))
+    page = write_report(run).read_text(encoding="utf-8")
+    (uri,) = re.findall(r'<img src="([^"]+)"', page)
+    scale = min(8, 800 // 22)  # MAX_SCALE
+    assert f'width="{22 * scale}" height="{32 * scale}"' in page
+    # Nearest-neighbour: hard edge between the white tile and the padding, no grey ramp.
+    assert _pixel(uri, (2 * scale, 2 * scale)) == 255 and _pixel(uri, (2 * scale - 1, 2 * scale)) == 0
+    rows = re.search(r"<div class='rows'[^>]*>(.*?)</div></div>", page).group(0)
+    assert re.findall(r"<div>([^<]*)</div>", rows) == ["Dress", "Bag", "Coat"]
+    assert f"grid-template-rows:repeat(3,{(32 - 2) * scale / 3:.2f}px)" in page
+    assert "<figcaption>one row per class</figcaption>" in page
+    assert "classes: <b>0</b> Dress" in page
+    # Nothing refers to a file beside the report.
+    assert not re.findall(r'(?:src|href)="(?!data:)', page)
+
+
+def test_audio_embedded_with_its_spectrogram_and_overfit_note(tmp_path):
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    sf.write(run / "samples" / "voice_3.wav", np.zeros(160, dtype=np.float32), 16000)
+    Image.fromarray(np.zeros((10, 20), dtype=np.uint8)).save(run / "samples" / "voice_3.png")
+    (run / "metrics.json").write_text(json.dumps(
+        {"prior_bits_per_code": 2.6, "prior_train_bits_per_code": 1.0, "test_si_sdr_1.5kbps": 3.0}))
+    page = write_report(run).read_text(encoding="utf-8")
+    audio = re.search(r"<figure class='audio'>.*?</audio>(.*?)</figure></figure>", page, re.S)
+    assert audio and "<img src=\"data:image/png" in audio.group(1)
+    assert "<h2>Samples</h2>" not in page  # the spectrogram went with its audio
+    assert "warning: prior overfits" in page
+    assert "fit 1.5 kbit/s" in page
+
+
+def test_sparse_eval_ticks_are_distinct_whole_steps():
+    svg = svg_line_chart({"psnr": [(800, 21.0)]}, "one eval point", points_only=True)
+    ticks = re.findall(r'class="tick">([^<]*)<', svg)
+    assert len(ticks) == len(set(ticks)) and "<polyline" not in svg
+    x_ticks = [t for t in ticks if t.isdigit() and abs(int(t) - 800) <= 1]
+    assert x_ticks and all("." not in t for t in x_ticks)
+
+
+def test_glossary_and_overfitting_warning():
+    from vqgen.metrics.glossary import METRICS, describe_metric, overfitting_warning
+    assert "not standard FID" in describe_metric("sample_fid").meaning
+    assert describe_metric("test_psnr").unit == "dB"
+    assert describe_metric("prior_seconds").unit == "s"
+    assert describe_metric("zzz").meaning.startswith("not documented")
+    for key in ("test_stoi", "sample_distinct_2", "bits_per_token", "sample_mel_fd"):
+        assert key in METRICS
+    assert "2.6x" in overfitting_warning(1.0, 2.6)
+    assert overfitting_warning(3.0, 3.1) is None and overfitting_warning(None, 2.0) is None

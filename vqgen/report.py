@@ -1,227 +1,81 @@
-"""HTML report of a run directory.
+"""A single self-contained HTML report of a run directory, for every modality.
 
 :func:`write_report` turns what the training loop and the recipes leave in a run directory into
-one ``report.html`` that opens from disk: a metrics table, loss curves drawn as inline SVG,
-reconstructions and sample grids, audio players, text samples and the resolved config. Media are
-referenced by relative path from the report, so the report stays small and the run directory can
-be moved as a whole.
+one ``report.html``: a header with the wall time, a metrics table where every key has its unit,
+meaning and what "good" is (:mod:`vqgen.metrics.glossary`), sample grids and reconstructions
+(small images upscaled with nearest-neighbour so pixels stay sharp, rows and columns labelled),
+audio players, text samples, training curves as inline SVG (eval series as points) and the
+resolved config. Every image and audio file is embedded as a ``data:`` URI, so the one file can
+be copied or mailed and still shows everything.
 
-Expected layout (every piece optional except the directory itself)::
+Input conventions (every piece optional except the directory itself)::
 
     run_dir/
       config.yaml | config.yml | config.json   resolved config, shown verbatim
-      metrics.json                             flat object of numbers and strings
-      logs/<component>.jsonl                   one JSON object per line; eval lines have "eval": true
-      samples/**.png|.jpg|.wav|.flac|.txt|...  images, audio and text samples
+      metrics.json        flat object of numbers and strings (keys: vqgen.metrics.glossary)
+      labels.json         class names {"0": "T-shirt/top", ...} (see vqgen.pipeline)
+      logs/<component>.jsonl   one JSON object per line; eval lines have "eval": true; "seconds"
+      samples/**.png|.jpg|.gif|.webp|.bmp|.svg   images: grids, reconstructions, spectrograms
+      samples/**.wav|.flac|.mp3|.ogg             audio, shown as players
+      samples/**.txt                             text samples
+      samples/**/<stem>.json   optional sidecar of the media file <stem>.<ext>:
+          {"caption": "...",               shown under the media
+           "rows": ["Dress", ...],         one label per grid row (top to bottom)
+           "cols": ["original", ...],      one label per grid column (left to right)
+           "pad": 2}                       grid padding in source pixels (torchvision make_grid)
 
-Missing pieces are skipped. Malformed JSONL lines, unreadable files and non-finite values never
-raise: they are skipped, and the first two are listed under "Notes" in the report.
+Images whose name contains "recon" go under "Reconstructions", other images under "Samples".
+An image with the same stem as an audio file (``sample_0.png`` beside ``sample_0.wav``, e.g. a
+spectrogram) is shown with that audio's player instead. Missing pieces are skipped; malformed
+JSON, unreadable files and non-finite values never raise: they are skipped and listed under
+"Notes" in the report.
 """
 from __future__ import annotations
 
+import base64
 import datetime
-import html
+import io
 import json
-import math
 import os
 import urllib.parse
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
+from vqgen.charts import (Point, _esc, _finite, _is_number, format_number, should_log_scale,
+                          svg_line_chart)
+from vqgen.metrics.glossary import describe_metric, overfitting_warning
 from vqgen.modeling import atomic_write_text
 
 REPORT_NAME = "report.html"
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".svg"}
+IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+              ".gif": "image/gif", ".webp": "image/webp", ".bmp": "image/bmp",
+              ".svg": "image/svg+xml"}
+IMAGE_SUFFIXES = set(IMAGE_MIME)
 AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
 TEXT_SUFFIXES = {".txt"}
 MAX_TEXT_CHARS = 20_000
-MAX_POINTS = 1_000  # per plotted series; longer series are thinned to keep the HTML small
+MAX_EMBED_BYTES = 20 * 2**20  # a larger media file is linked by relative path instead
+TARGET_WIDTH = 800            # small images are upscaled (integer factor) to about this width
+MAX_SCALE = 8
 # Training-log keys plotted in their own small chart when present (loss keys are found by name).
 TRAIN_EXTRA_KEYS = ("usage", "perplexity", "lr")
 # Keys of eval lines that are bookkeeping, not metrics.
 EVAL_SKIP_KEYS = {"step", "eval", "epoch", "seconds", "time", "timestamp"}
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-
-Point = tuple[float, float]
 
 
 # --------------------------------------------------------------------------- small helpers
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-def _fmt_tick(value: float) -> str:
-    if value == 0:
-        return "0"
-    return f"{value:.3g}"
-
-
-def format_number(value: Any) -> str:
-    """Format a metric for the table: 4 significant digits, integers kept whole."""
-    if not _is_number(value):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e15):
-        return str(int(value))
-    if 1e4 <= abs(value) < 1e9:  # ".4g" would switch to scientific notation here
-        return f"{value:.0f}"
-    return f"{value:.4g}"
-
-
-def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round-numbered ticks inside ``[lo, hi]`` (step 1, 2, 2.5 or 5 times 10^k)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo] if math.isfinite(lo) else []
-    raw = (hi - lo) / max(n - 1, 1)
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
-    return [k * step for k in range(first, last + 1)]
-
-
-def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Powers of ten inside ``[lo, hi]`` (lo > 0); round linear ticks when fewer than two fit."""
-    first, last = math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9)
-    decades = [10.0 ** e for e in range(first, last + 1)]
-    if len(decades) > 6:  # keep a handful of labels on very wide ranges
-        stride = math.ceil(len(decades) / 6)
-        decades = decades[::stride]
-    if len(decades) >= 2:
-        return decades
-    return [t for t in _nice_ticks(lo, hi, 4) if t > 0] or [lo, hi]
-
-
-def _thin(points: Sequence[Point], limit: int = MAX_POINTS) -> list[Point]:
-    if len(points) <= limit:
-        return list(points)
-    stride = math.ceil(len(points) / limit)
-    thinned = list(points[::stride])
-    if thinned[-1] != points[-1]:
-        thinned.append(points[-1])
-    return thinned
-
-
-def should_log_scale(values: Iterable[float], ratio: float = 100.0) -> bool:
-    """True when every finite value is positive and max/min spans at least ``ratio``."""
-    finite = [v for v in values if _finite(v)]
-    return bool(finite) and min(finite) > 0 and max(finite) / min(finite) >= ratio
-
-
-# --------------------------------------------------------------------------- SVG chart
-def svg_line_chart(
-    series: dict[str, list[Point]],
-    title: str,
-    log_y: bool = False,
-    width: int = 480,
-    height: int = 260,
-    x_label: str = "step",
-) -> str:
-    """Draw ``{name: [(x, y), ...]}`` as one inline ``<svg>`` line chart with axes and a legend.
-
-    Each non-empty series becomes one ``<polyline class="series">`` (plus circle markers when it
-    has few points). Non-finite points are dropped, and with ``log_y`` so are points with
-    ``y <= 0``; when nothing positive is left the chart falls back to a linear axis. An empty
-    chart still returns a valid ``<svg>`` that says "no data". All coordinates lie inside the
-    ``0 0 width height`` viewBox.
-    """
-    left, right, top, bottom = 58, 12, 26, 38
-    plot_w, plot_h = width - left - right, height - top - bottom
-    clean = {
-        name: [(float(x), float(y)) for x, y in pts if _finite(x) and _finite(y)]
-        for name, pts in series.items()
-    }
-    if log_y and any(y > 0 for pts in clean.values() for _, y in pts):
-        clean = {name: [(x, y) for x, y in pts if y > 0] for name, pts in clean.items()}
-    else:
-        log_y = False
-    clean = {name: _thin(sorted(pts)) for name, pts in clean.items() if pts}
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{_esc(title)}">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fff"/>',
-        f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" class="title">{_esc(title)}</text>',
-    ]
-    if not clean:
-        parts.append(f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
-                     f'class="empty">no data</text></svg>')
-        return "".join(parts)
-
-    xs = [x for pts in clean.values() for x, _ in pts]
-    ys = [y for pts in clean.values() for _, y in pts]
-    x_lo, x_hi = min(xs), max(xs)
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    y_lo, y_hi = min(ys), max(ys)
-    if log_y:
-        ty = math.log10
-        if y_hi == y_lo:
-            y_lo, y_hi = y_lo / 2, y_hi * 2
-        y_ticks = _log_ticks(y_lo, y_hi)
-    else:
-        ty = float
-        if y_hi == y_lo:
-            pad = abs(y_lo) * 0.1 or 1.0
-            y_lo, y_hi = y_lo - pad, y_hi + pad
-        y_ticks = _nice_ticks(y_lo, y_hi)
-    t_lo, t_hi = ty(y_lo), ty(y_hi)
-    margin = (t_hi - t_lo) * 0.04  # keep the curve off the frame
-    t_lo, t_hi = t_lo - margin, t_hi + margin
-
-    def px(x: float) -> float:
-        return left + (x - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(y: float) -> float:
-        return top + (t_hi - ty(y)) / (t_hi - t_lo) * plot_h
-
-    # Frame, grid and tick labels.
-    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" '
-                 f'fill="none" stroke="#999"/>')
-    for t in y_ticks:
-        if not (t_lo <= ty(t) <= t_hi):
-            continue
-        y = py(t)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" '
-                     f'class="grid"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" '
-                     f'class="tick">{_esc(_fmt_tick(t))}</text>')
-    for t in _nice_ticks(x_lo, x_hi, 5):
-        x = px(t)
-        parts.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" '
-                     f'y2="{top + plot_h + 4}" stroke="#999"/>')
-        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-                     f'class="tick">{_esc(_fmt_tick(t))}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" '
-                 f'class="axis">{_esc(x_label)}{" (log y)" if log_y else ""}</text>')
-
-    # Series and legend.
-    for i, (name, pts) in enumerate(clean.items()):
-        color = PALETTE[i % len(PALETTE)]
-        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        parts.append(f'<polyline class="series" data-name="{_esc(name)}" fill="none" '
-                     f'stroke="{color}" stroke-width="1.5" points="{coords}"/>')
-        if len(pts) <= 30:
-            parts.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>'
-                         for x, y in pts)
-        if len(clean) > 1:
-            ly = top + 12 + 14 * i
-            parts.append(f'<line x1="{left + plot_w - 110}" y1="{ly - 4}" '
-                         f'x2="{left + plot_w - 96}" y2="{ly - 4}" stroke="{color}" '
-                         f'stroke-width="2"/>')
-            parts.append(f'<text x="{left + plot_w - 92}" y="{ly}" class="legend">'
-                         f'{_esc(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def format_duration(seconds: float) -> str:
+    """``152.3`` -> ``"2 min 32 s"``; ``3725`` -> ``"1 h 2 min"``; ``4.2`` -> ``"4.2 s"``."""
+    if not _finite(seconds) or seconds < 0:
+        return str(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -245,6 +99,18 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
             else:
                 bad.append(lineno)
     return records, bad
+
+
+def _read_json_object(path: Path, notes: list[str], what: str) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        notes.append(f"could not read {what}: {e}")
+        return None
+    if not isinstance(obj, dict):
+        notes.append(f"{what} holds a {type(obj).__name__}, expected an object")
+        return None
+    return obj
 
 
 def _curves(records: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, list[Point]]:
@@ -277,18 +143,9 @@ def _chart(series: dict[str, list[Point]], title: str, **kwargs: Any) -> str:
     return svg_line_chart(series, title, log_y=log_y, **kwargs)
 
 
-def _component_section(name: str, path: Path, notes: list[str]) -> str:
-    try:
-        records, bad = read_jsonl(path)
-    except OSError as e:
-        notes.append(f"could not read logs/{path.name}: {e}")
-        return ""
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
-        notes.append(f"logs/{path.name}: skipped {len(bad)} malformed line(s) (line {shown})")
+def _component_section(name: str, records: list[dict[str, Any]]) -> str:
     train = [r for r in records if r.get("eval") is not True]
     evals = [r for r in records if r.get("eval") is True]
-
     charts = []
     train_keys = _ordered_numeric_keys(train, {"step", "eval"})
     loss_keys = [k for k in train_keys if k == "loss" or "loss" in k.split("_")]
@@ -302,30 +159,178 @@ def _component_section(name: str, path: Path, notes: list[str]) -> str:
     for key in _ordered_numeric_keys(evals, EVAL_SKIP_KEYS):
         curve = _curves(evals, [key])
         if curve:
-            charts.append(_chart(curve, f"{name}: {key} (eval)", width=320, height=200))
+            charts.append(_chart(curve, f"{name}: {key} (eval)", width=320, height=200,
+                                 points_only=True))
     if not charts:
         return (f"<h3>{_esc(name)}</h3><p class='muted'>no plottable values in "
-                f"logs/{_esc(path.name)}</p>")
+                f"logs/{_esc(name)}.jsonl</p>")
     return f"<h3>{_esc(name)}</h3><div class='charts'>{''.join(charts)}</div>"
 
 
-def _metrics_section(path: Path, notes: list[str]) -> str:
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        notes.append(f"could not read metrics.json: {e}")
-        return ""
-    if not isinstance(metrics, dict):
-        notes.append(f"metrics.json holds a {type(metrics).__name__}, expected an object")
-        return ""
+def _read_logs(run_dir: Path, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """``{component: records}`` of ``run_dir/logs/*.jsonl`` (unreadable files noted)."""
+    logs_dir = run_dir / "logs"
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(logs_dir.glob("*.jsonl")) if logs_dir.is_dir() else []:
+        try:
+            records, bad = read_jsonl(path)
+        except OSError as e:
+            notes.append(f"could not read logs/{path.name}: {e}")
+            continue
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+            notes.append(f"logs/{path.name}: skipped {len(bad)} malformed line(s) (line {shown})")
+        out[path.stem] = records
+    return out
+
+
+def _metrics_section(metrics: dict[str, Any]) -> str:
     rows = []
     for key, value in metrics.items():
         shown = value if isinstance(value, (str, int, float)) else json.dumps(value)
         cls = "num" if _is_number(value) else "str"
-        rows.append(f"<tr><td>{_esc(key)}</td><td class='{cls}'>"
-                    f"{_esc(format_number(shown))}</td></tr>")
+        info = describe_metric(key)
+        text = format_number(shown)
+        if info.unit == "s" and _finite(value) and value >= 60:
+            text += f" ({format_duration(value)})"
+        rows.append(f"<tr><td>{_esc(key)}</td><td class='{cls}'>{_esc(text)}</td>"
+                    f"<td class='unit'>{_esc(info.unit)}</td><td>{_esc(info.meaning)}</td>"
+                    f"<td class='good'>{_esc(info.good)}</td></tr>")
     return ("<h2>Metrics</h2><table class='metrics'><thead><tr><th>metric</th><th>value</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            "<th>unit</th><th>what it measures</th><th>what good is</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _wall_time(metrics: dict[str, Any], logs: dict[str, list[dict[str, Any]]]) -> str:
+    """"wall time 2 min 31 s (tokenizer 1 min 2 s, prior 58.0 s)" from metrics and logs."""
+    per_component = {}
+    for name, records in logs.items():
+        seconds = [r["seconds"] for r in records if _finite(r.get("seconds"))]
+        if seconds:
+            per_component[name] = max(seconds)
+    total = next((metrics[k] for k in ("total_seconds", "train_seconds")
+                  if _finite(metrics.get(k))), sum(per_component.values()) or None)
+    if total is None:
+        return ""
+    parts = ", ".join(f"{name} {format_duration(s)}" for name, s in per_component.items())
+    return f"wall time {format_duration(total)}" + (f" ({parts})" if parts else "")
+
+
+def _classes_line(run_dir: Path, notes: list[str]) -> str:
+    path = run_dir / "labels.json"
+    if not path.is_file():
+        return ""
+    labels = _read_json_object(path, notes, "labels.json")
+    if not labels:
+        return ""
+    items = " &middot; ".join(f"<b>{_esc(k)}</b> {_esc(v)}" for k, v in labels.items())
+    return f"<p class='classes'>classes: {items}</p>"
+
+
+# --------------------------------------------------------------------------- media
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _embed_image(path: Path) -> tuple[str, int | None, int | None, int]:
+    """``(data URI, width, height, scale)`` of an image file, small raster images upscaled by an
+    integer ``scale`` with nearest-neighbour (crisp pixels) to about ``TARGET_WIDTH``. SVGs are
+    embedded as they are (size None). Raises ``OSError``/``ValueError`` for unreadable files."""
+    data = path.read_bytes()
+    suffix = path.suffix.lower()
+    if suffix == ".svg":
+        return _data_uri(IMAGE_MIME[suffix], data), None, None, 1
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        w, h = im.size
+        scale = max(1, min(MAX_SCALE, TARGET_WIDTH // max(w, 1)))
+        if scale == 1:
+            return _data_uri(IMAGE_MIME[suffix], data), w, h, 1
+        big = im.resize((w * scale, h * scale), Image.NEAREST)
+        buf = io.BytesIO()
+        big.save(buf, format="PNG", optimize=True)
+    return _data_uri("image/png", buf.getvalue()), w * scale, h * scale, scale
+
+
+def _sidecar(path: Path, samples_dir: Path, notes: list[str]) -> dict[str, Any]:
+    """The optional ``<stem>.json`` beside a media file (see the module docstring)."""
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return {}
+    meta = _read_json_object(side, notes, str(side.relative_to(samples_dir.parent)))
+    if meta is None:
+        return {}
+    for key in ("rows", "cols"):
+        if key in meta and not (isinstance(meta[key], list) and meta[key]):
+            notes.append(f"{side.name}: {key!r} should be a non-empty list; ignored")
+            meta.pop(key)
+    if not isinstance(meta.get("pad", 2), int):
+        meta.pop("pad")
+    return meta
+
+
+def _caption(path: Path, samples_dir: Path) -> str:
+    rel = path.relative_to(samples_dir)
+    words = [part.replace("_", " ").replace("-", " ") for part in rel.parent.parts]
+    words.append(rel.stem.replace("_", " ").replace("-", " "))
+    return " / ".join(words)
+
+
+def _labelled_image(uri: str, width: int | None, height: int | None, scale: int, alt: str,
+                    meta: dict[str, Any]) -> str:
+    """An ``<img>`` with row labels on its left and column labels above, aligned to a
+    ``make_grid`` layout (``pad`` source pixels around every tile)."""
+    img = (f'<img src="{uri}" alt="{_esc(alt)}"'
+           + (f' width="{width}" height="{height}"' if width else "") + ">")
+    rows, cols = meta.get("rows"), meta.get("cols")
+    if not width or not (rows or cols):
+        return img
+    pad = meta.get("pad", 2) * scale
+
+    def track(kind: str, labels: list, length: int) -> str:
+        """Label cells, one per grid row/column, each (length - pad) / n pixels long."""
+        cells = "".join(f"<div>{_esc(label)}</div>" for label in labels)
+        axis, side = ("rows", "top") if kind == "rows" else ("columns", "left")
+        return (f"<div class='{kind}' style='grid-template-{axis}:repeat({len(labels)},"
+                f"{(length - pad) / len(labels):.2f}px);padding-{side}:{pad}px'>{cells}</div>")
+
+    col_html = (("<div></div>" if rows else "") + track("cols", cols, width)) if cols else ""
+    row_html = track("rows", rows, height) if rows else ""
+    columns = f"auto {width}px" if rows else f"{width}px"
+    return (f"<div class='lgrid' style='grid-template-columns:{columns}'>"
+            f"{col_html}{row_html}{img}</div>")
+
+
+def _image_figure(path: Path, samples_dir: Path, notes: list[str]) -> str:
+    meta = _sidecar(path, samples_dir, notes)
+    cap = meta.get("caption") or _caption(path, samples_dir)
+    try:
+        uri, width, height, scale = _embed_image(path)
+    except (OSError, ValueError) as e:
+        notes.append(f"could not embed {path.relative_to(samples_dir.parent)}: {e}")
+        return ""
+    body = _labelled_image(uri, width, height, scale, cap, meta)
+    return f"<figure>{body}<figcaption>{_esc(cap)}</figcaption></figure>"
+
+
+def _audio_figure(path: Path, companion: Path | None, samples_dir: Path, out_dir: Path,
+                  notes: list[str]) -> str:
+    meta = _sidecar(path, samples_dir, notes)
+    cap = meta.get("caption") or _caption(path, samples_dir)
+    try:
+        size = path.stat().st_size
+        if size > MAX_EMBED_BYTES:
+            notes.append(f"{path.name} ({size / 2**20:.0f} MiB) is too large to embed; linked")
+            src = _href(path, out_dir)
+        else:
+            src = _data_uri(AUDIO_MIME[path.suffix.lower()], path.read_bytes())
+    except OSError as e:
+        notes.append(f"could not embed {path.relative_to(samples_dir.parent)}: {e}")
+        return ""
+    image = _image_figure(companion, samples_dir, notes) if companion else ""
+    return (f"<figure class='audio'><figcaption>{_esc(cap)}</figcaption>"
+            f"<audio controls preload='metadata' src=\"{src}\"></audio>{image}</figure>")
 
 
 def _href(target: Path, base: Path) -> str:
@@ -337,41 +342,30 @@ def _href(target: Path, base: Path) -> str:
     return urllib.parse.quote(Path(rel).as_posix())
 
 
-def _caption(path: Path, samples_dir: Path) -> str:
-    rel = path.relative_to(samples_dir)
-    words = [part.replace("_", " ").replace("-", " ") for part in rel.parent.parts]
-    words.append(rel.stem.replace("_", " ").replace("-", " "))
-    return " / ".join(words)
-
-
 def _samples_sections(samples_dir: Path, out_dir: Path, notes: list[str]) -> str:
     files = sorted(p for p in samples_dir.rglob("*") if p.is_file())
+    audio = [p for p in files if p.suffix.lower() in AUDIO_MIME]
+    audio_stems = {p.with_suffix("") for p in audio}
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    companions = {p.with_suffix(""): p for p in images if p.with_suffix("") in audio_stems}
+    images = [p for p in images if p.with_suffix("") not in audio_stems]
     recons = [p for p in images if "recon" in p.name.lower()]
     others = [p for p in images if p not in recons]
-    audio = [p for p in files if p.suffix.lower() in AUDIO_MIME]
     texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
 
-    def figure(p: Path) -> str:
-        cap = _esc(_caption(p, samples_dir))
-        return (f"<figure><img src=\"{_esc(_href(p, out_dir))}\" alt=\"{cap}\" loading='lazy'>"
-                f"<figcaption>{cap}</figcaption></figure>")
-
     out = []
-    if recons:
-        out.append("<h2>Reconstructions</h2><p class='muted'>originals beside reconstructions</p>"
-                   f"<div class='gallery'>{''.join(map(figure, recons))}</div>")
     if others:
-        out.append(f"<h2>Samples</h2><div class='gallery'>{''.join(map(figure, others))}</div>")
+        figs = "".join(_image_figure(p, samples_dir, notes) for p in others)
+        out.append(f"<h2>Samples</h2><div class='gallery'>{figs}</div>")
+    if recons:
+        figs = "".join(_image_figure(p, samples_dir, notes) for p in recons)
+        out.append("<h2>Reconstructions</h2><p class='muted'>held-out originals and their "
+                   f"reconstructions through the tokenizer</p><div class='gallery'>{figs}</div>")
     if audio:
-        items = []
-        for p in audio:
-            cap = _esc(_caption(p, samples_dir))
-            items.append(f"<figure class='audio'><figcaption>{cap}</figcaption>"
-                         f"<audio controls preload='none'><source "
-                         f"src=\"{_esc(_href(p, out_dir))}\" "
-                         f"type=\"{AUDIO_MIME[p.suffix.lower()]}\"></audio></figure>")
-        out.append(f"<h2>Audio</h2><div class='audio-list'>{''.join(items)}</div>")
+        items = "".join(_audio_figure(p, companions.get(p.with_suffix("")), samples_dir, out_dir,
+                                      notes)
+                        for p in audio)
+        out.append(f"<h2>Audio</h2><div class='audio-list'>{items}</div>")
     if texts:
         items = []
         for p in texts:
@@ -414,17 +408,25 @@ def _config_section(run_dir: Path, notes: list[str]) -> str:
 
 # --------------------------------------------------------------------------- the report
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;padding:0 1em;color:#222}
 h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-.muted{color:#666;font-size:.9em}
+.muted{color:#666;font-size:.9em}.classes{font-size:.95em}
 table.metrics{border-collapse:collapse}table.metrics td,table.metrics th{border:1px solid #ddd;
-padding:.25em .8em;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+padding:.3em .7em;text-align:left;vertical-align:top}td.num{text-align:right;
+font-variant-numeric:tabular-nums;white-space:nowrap}td.unit{white-space:nowrap;color:#555}
+td.good{color:#555;font-size:.92em}
 .charts{display:flex;flex-wrap:wrap;gap:.6em;align-items:flex-start}
 svg.chart{border:1px solid #eee;font-size:11px}svg .title{font-size:13px;font-weight:600}
 svg .grid{stroke:#eee}svg .tick,svg .legend,svg .axis{fill:#444}svg .empty{fill:#999}
-.gallery{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}
-figure img{max-width:100%;min-width:128px;image-rendering:pixelated;border:1px solid #ddd}
-figcaption{font-size:.9em;color:#444}.audio-list figure{margin:.4em 0}
+.gallery{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}figure{margin:0;
+max-width:100%;overflow-x:auto}
+figure img{image-rendering:pixelated;border:1px solid #ddd;display:block}
+figcaption{font-size:.95em;color:#333;margin:.3em 0}
+.lgrid{display:grid;column-gap:.5em}.lgrid .rows{display:grid}.lgrid .cols{display:grid}
+.lgrid .rows div{display:flex;align-items:center;justify-content:flex-end;font-size:.9em;
+white-space:nowrap}
+.lgrid .cols div{text-align:center;font-size:.8em;overflow:hidden;white-space:nowrap}
+.audio-list figure{margin:.6em 0}
 pre{background:#f6f6f6;padding:.8em;overflow:auto;max-height:30em;white-space:pre-wrap}
 .notes{background:#fff8e1;border:1px solid #f0d78c;padding:.5em 1em}
 """
@@ -435,12 +437,13 @@ def write_report(
     out_path: str | os.PathLike | None = None,
     title: str | None = None,
 ) -> Path:
-    """Write an HTML report of ``run_dir`` and return its path.
+    """Write the self-contained HTML report of ``run_dir`` and return its path.
 
     Args:
         run_dir: a run directory (layout in the module docstring).
-        out_path: where to write; default ``run_dir/report.html``. Media links are made relative
-            to this file's directory.
+        out_path: where to write; default ``run_dir/report.html``. The file needs nothing beside
+            it (media are embedded), except audio files over ``MAX_EMBED_BYTES``, linked
+            relative to it.
         title: page title; default ``"vqgen run: <run_dir name>"``.
 
     Raises:
@@ -453,21 +456,28 @@ def write_report(
     if not run_dir.is_dir():
         raise ValueError(f"run directory {str(run_dir)!r} is not a directory")
     out = Path(out_path) if out_path is not None else run_dir / REPORT_NAME
-    out_dir = out.parent
     name = run_dir.resolve().name
     title = title if title is not None else f"vqgen run: {name}"
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     notes: list[str] = []
 
-    body = []
+    metrics = {}
     if (run_dir / "metrics.json").is_file():
-        body.append(_metrics_section(run_dir / "metrics.json", notes))
-    logs = sorted((run_dir / "logs").glob("*.jsonl")) if (run_dir / "logs").is_dir() else []
-    if logs:
-        body.append("<h2>Training curves</h2>")
-        body.extend(_component_section(p.stem, p, notes) for p in logs)
+        metrics = _read_json_object(run_dir / "metrics.json", notes, "metrics.json") or {}
+    warning = overfitting_warning(metrics.get("prior_train_bits_per_code"),
+                                  metrics.get("prior_bits_per_code"))
+    if warning:
+        notes.append(f"warning: {warning}")
+    logs = _read_logs(run_dir, notes)
+    body = [_classes_line(run_dir, notes)]
+    if metrics:
+        body.append(_metrics_section(metrics))
     if (run_dir / "samples").is_dir():
-        body.append(_samples_sections(run_dir / "samples", out_dir, notes))
+        body.append(_samples_sections(run_dir / "samples", out.parent, notes))
+    if logs:
+        body.append("<h2>Training curves</h2><p class='muted'>training lines are averages over "
+                    "each log interval; eval values are points</p>")
+        body.extend(_component_section(comp, records) for comp, records in logs.items())
     body.append(_config_section(run_dir, notes))
     if not any(body):
         body.append("<p class='muted'>nothing to report: no metrics, logs, samples or config "
@@ -477,11 +487,13 @@ def write_report(
     if notes:
         items = "".join(f"<li>{_esc(n)}</li>" for n in notes)
         notes_html = f"<div class='notes'><strong>Notes</strong><ul>{items}</ul></div>"
+    wall = _wall_time(metrics, logs)
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p class='muted'>run directory <code>{_esc(name)}</code>"
-        f" &middot; generated {_esc(now)}</p>{notes_html}{''.join(body)}</body></html>\n"
+        f"{' &middot; ' + _esc(wall) if wall else ''} &middot; generated {_esc(now)}</p>"
+        f"{notes_html}{''.join(body)}</body></html>\n"
     )
     atomic_write_text(out, page)
     return out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .modeling import atomic_write, atomic_write_text
+from ..modeling import atomic_write, atomic_write_text
 
 __all__ = ["psnr", "ssim", "codebook_stats", "bits_per_code", "ImageClassifier",
            "train_classifier", "class_accuracy", "frechet_distance", "token_accuracy",
