@@ -60,7 +60,7 @@ def test_unknown_config_key_raises():
 
 def test_defaults_and_list_code_shape():
     cfg = PixelCNNPriorConfig(code_shape=[3, 5])
-    assert cfg.code_shape == (3, 5) and cfg.codebook_size == 512 and cfg.layout == "grid"
+    assert cfg.code_shape == (3, 5) and cfg.codebook_size == 512 and cfg.layout == "raster"
 
 
 # --------------------------------------------------------------------------- causality

@@ -46,7 +46,7 @@ def test_config_defaults_and_resolution():
     dict(codebook_size=1),
     dict(code_shape=()),
     dict(code_shape=(0, 3)),
-    dict(layout="delay"),
+    dict(layout="delay", code_shape=(8,)),
     dict(layout="frames", code_shape=(8,)),
     dict(num_classes=0),
     dict(label_dropout=1.0),

@@ -21,12 +21,12 @@ layer on either side) and every position to the left.
 How ``code_shape`` maps to the grid (``PixelCNNPriorConfig.layout``):
 
 - ``(T,)``: one row, ``(1, T)``.
-- ``(h, w)`` with ``layout="grid"``: the image grid itself, raster order.
+- ``(h, w)`` with ``layout="raster"``: the image grid itself, raster order.
 - ``(Q, T)`` with ``layout="frames"``: multi-codebook audio, transposed to a ``(T, Q)`` grid so
   the order is frame-major: all levels ``q = 0..Q-1`` of frame ``t`` before frame ``t + 1``.
-  (With the default ``layout="grid"`` a ``(Q, T)`` shape is read as a ``Q x T`` image, i.e.
+  (With the default ``layout="raster"`` a ``(Q, T)`` shape is read as a ``Q x T`` image, i.e.
   level-major; audio priors should set ``layout="frames"``.)
-- ``(Q, h, w)`` with ``layout="grid"``: ``Q`` codebooks per image position, laid out as an
+- ``(Q, h, w)`` with ``layout="raster"``: ``Q`` codebooks per image position, laid out as an
   ``(h, w * Q)`` grid, so the ``Q`` levels of a position come one after the other.
 
 Generation is exact and incremental (cached): every layer keeps its inputs in a padded buffer;
@@ -34,21 +34,23 @@ at the start of row ``r`` each vertical layer computes row ``r`` only, and at ea
 horizontal layer computes that one position only, so sampling a whole grid costs about one full
 forward pass. ``generate_naive`` recomputes the whole network at every position (``H * W`` full
 passes) and draws the same codes for the same generator; it exists for tests and benchmarks.
+Each sample takes its uniforms from its own stream (``base.sample_uniforms``), so samples do not
+depend on ``batch_size``. ``"grid"``, the old name of ``"raster"``, is still accepted.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from tqdm.auto import tqdm
 
-from .base import Prior, cfg_combine, sample_logits
+from .base import Prior, cfg_combine, normalize_id2label, resolve_layout, sample_logits
 
-LAYOUTS = ("grid", "frames")
+LAYOUTS = ("raster", "frames")
 
 
 # --------------------------------------------------------------------------- config
@@ -59,9 +61,11 @@ class PixelCNNPriorConfig:
     codebook_size: number of distinct codes ``K`` (>= 2).
     code_shape: one sample's code shape, ``(T,)``, ``(h, w)``, ``(Q, T)`` or ``(Q, h, w)``.
     num_classes: number of class labels, or None for an unconditional prior.
+    id2label: class names ``{id: name}`` for every class (needs ``num_classes``), or None;
+        ``config.json`` stores the ids as strings, turned back into ints on load.
     label_dropout: probability of replacing a label by the null label in training (for CFG).
-    layout: ``"grid"`` (raster order over the code grid) or ``"frames"`` (``(Q, T)`` codes,
-        frame-major order); see the module docstring.
+    layout: ``"raster"`` (raster order over the code grid; old name ``"grid"``) or ``"frames"``
+        (``(Q, T)`` codes, frame-major order); see the module docstring.
     embed_dim: size of the input code embedding.
     hidden: channels of both stacks (the gates use ``2 * hidden``).
     num_layers: gated layers; the first one excludes the current position ("type A").
@@ -75,8 +79,9 @@ class PixelCNNPriorConfig:
     codebook_size: int = 512
     code_shape: tuple = (7, 7)
     num_classes: int | None = None
+    id2label: dict | None = None
     label_dropout: float = 0.1
-    layout: str = "grid"
+    layout: str = "raster"
     embed_dim: int = 64
     hidden: int = 128
     num_layers: int = 12
@@ -97,12 +102,12 @@ class PixelCNNPriorConfig:
             raise ValueError("code_shape must be a tuple of 1 to 3 positive ints, e.g. (7, 7), "
                              f"(Q, T) or (L,); got {self.code_shape!r}")
         self.code_shape = tuple(shape)
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        self.layout = resolve_layout(self.layout, LAYOUTS)
         if self.layout == "frames" and len(self.code_shape) != 2:
             raise ValueError(f"layout='frames' expects code_shape (Q, T), got {self.code_shape!r}")
         if self.num_classes is not None:
             positive_int("num_classes", self.num_classes)
+        self.id2label = normalize_id2label(self.id2label, self.num_classes)
         if not (isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1):
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout!r}")
         positive_int("embed_dim", self.embed_dim)
@@ -305,69 +310,88 @@ class PixelCNNPrior(Prior):
         return self.from_grid(out)
 
     # ----------------------------------------------------------------------- sampling
-    @contextlib.contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
+    def sampling_draws(self) -> tuple[int, ...]:
+        """One uniform per code, in raster order of the internal grid: ``(H * W,)``."""
+        H, W = self.grid_shape
+        return (H * W,)
 
-    def _sampling_batch(self, n, labels, temperature, top_k, top_p, cfg_scale
-                        ) -> tuple[torch.Tensor | None, bool]:
-        """Validated conditioning labels for the batch that is run, ``(n,)`` or ``(2n,)`` with
-        the null-label half appended when classifier-free guidance is on; and the CFG flag."""
-        device = self.embed.weight.device
-        labels = self._prepare_generate(n, labels, temperature, top_k, top_p, cfg_scale, device)
-        cond = self.condition_labels(labels, n, device)  # eval mode: no dropout
+    def _conditioning(self, labels: torch.Tensor | None, m: int, cfg_scale: float
+                      ) -> tuple[torch.Tensor | None, bool]:
+        """Network labels for the batch that is run, ``(m,)`` or ``(2m,)`` with the null-label
+        half appended when classifier-free guidance is on; and the CFG flag."""
+        cond = self.condition_labels(labels, m, self.embed.weight.device)  # eval: no dropout
         guided = cond is not None and labels is not None and cfg_scale != 1.0
         if guided:
             cond = torch.cat([cond, torch.full_like(cond, self.num_classes)])
         return cond, guided
 
-    def _pick(self, logits: torch.Tensor, n: int, guided: bool, cfg_scale: float,
-              temperature, top_k, top_p, generator) -> torch.Tensor:
-        """``logits (n or 2n, K)`` -> sampled codes ``(n,)``."""
+    @staticmethod
+    def _pick(logits: torch.Tensor, uniform: torch.Tensor, guided: bool, cfg_scale: float,
+              temperature, top_k, top_p) -> torch.Tensor:
+        """``logits (m or 2m, K)``, ``uniform (m,)`` -> sampled codes ``(m,)``."""
+        m = len(uniform)
         if guided:
-            logits = cfg_combine(logits[:n].float(), logits[n:].float(), cfg_scale)
-        return sample_logits(logits, temperature, top_k, top_p, generator)
+            logits = cfg_combine(logits[:m].float(), logits[m:].float(), cfg_scale)
+        return sample_logits(logits, temperature, top_k, top_p, uniform=uniform)
 
     def generate(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, cfg_scale: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, batch_size: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
         """Sample ``n`` code grids; returns LongTensor ``(n, *code_shape)`` on the model's device.
 
-        Raster-order ancestral sampling with temperature / top-k / top-p filtering. With labels
-        and ``cfg_scale != 1`` the conditional and null-label batches run together and their
-        logits are combined by classifier-free guidance. Runs without gradients and in eval
-        mode (the module's mode is restored afterwards). ``generator`` (a CPU generator) makes
-        the draw reproducible; :meth:`generate_naive` gives the same codes for the same
-        generator. Raises ``ValueError`` for bad ``n``, labels or sampling settings.
+        Raster-order ancestral sampling, cached (about one full forward pass per grid), with
+        temperature / top-k / top-p filtering. ``labels``: ids or class names (see
+        ``Prior.label_ids``). With labels and ``cfg_scale != 1`` the conditional and null-label
+        batches run together and their logits are combined by classifier-free guidance.
+        ``generator`` (CPU) seeds one stream per sample: the same seed gives the same codes for
+        any ``batch_size``, and :meth:`generate_naive` gives the same codes too. Runs without
+        gradients and in eval mode (restored afterwards). Raises ``ValueError`` for bad ``n``,
+        ``batch_size``, labels or sampling settings.
         """
-        with self._eval_mode():
-            cond, guided = self._sampling_batch(n, labels, temperature, top_k, top_p, cfg_scale)
-            H, W = self.grid_shape
-            p = self.config.kernel_size // 2
-            device = self.embed.weight.device
-            batch = 2 * n if guided else n
-            biases = [layer.biases(cond) or (None, None) for layer in self.layers]
-            widths = [self.config.embed_dim] + [self.config.hidden] * (len(self.layers) - 1)
-            grid = torch.zeros(batch, H, W, dtype=torch.long, device=device)
-            # vbuf[l][:, :, p + i, p:p + W] is layer l's vertical input at row i; the rest is the
-            # convolution's zero padding. Row i is written once, when row i - 1 is complete.
-            vbuf = [torch.zeros(batch, w, H + p, W + 2 * p, device=device) for w in widths]
-            for r in range(H):
-                links = self._vertical_row(vbuf, grid, r, biases)
-                # hbuf[l][:, :, p + j] is layer l's horizontal input at (r, j); p zeros on the left
-                hbuf = [torch.zeros(batch, w, W + p, device=device) for w in widths]
+        return self._generate(n, labels, temperature, top_k, top_p, cfg_scale, generator,
+                              batch_size, progress, naive=False)
+
+    def generate_naive(self, n: int, labels=None, temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None,
+                       cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+                       batch_size: int | None = None) -> torch.Tensor:
+        """Same as :meth:`generate` (same codes for the same generator) but recomputes the full
+        network at every position (``H * W`` full passes); a reference for tests and benchmarks."""
+        return self._generate(n, labels, temperature, top_k, top_p, cfg_scale, generator,
+                              batch_size, False, naive=True)
+
+    def _sample_batch(self, labels, uniforms, temperature, top_k, top_p, cfg_scale, progress,
+                      naive: bool = False) -> torch.Tensor:
+        m = len(uniforms)
+        cond, guided = self._conditioning(labels, m, cfg_scale)
+        H, W = self.grid_shape
+        batch = 2 * m if guided else m
+        device = self.embed.weight.device
+        grid = torch.zeros(batch, H, W, dtype=torch.long, device=device)
+        pick = functools.partial(self._pick, guided=guided, cfg_scale=cfg_scale,
+                                 temperature=temperature, top_k=top_k, top_p=top_p)
+        rows = tqdm(range(H), desc="sample", leave=False, disable=not progress or H < 2)
+        if naive:
+            for r in rows:
                 for c in range(W):
-                    logits = self._horizontal_step(hbuf, grid, r, c, links, biases)  # (batch, K)
-                    code = self._pick(logits, n, guided, cfg_scale, temperature, top_k, top_p,
-                                      generator)  # (n,)
-                    grid[:, r, c] = code.repeat(batch // n)
-            return self.from_grid(grid[:n])
+                    logits = self._grid_logits(grid, cond)[:, :, r, c]  # (batch, K)
+                    grid[:, r, c] = pick(logits, uniforms[:, r * W + c]).repeat(batch // m)
+            return self.from_grid(grid[:m])
+        p = self.config.kernel_size // 2
+        biases = [layer.biases(cond) or (None, None) for layer in self.layers]
+        widths = [self.config.embed_dim] + [self.config.hidden] * (len(self.layers) - 1)
+        # vbuf[l][:, :, p + i, p:p + W] is layer l's vertical input at row i; the rest is the
+        # convolution's zero padding. Row i is written once, when row i - 1 is complete.
+        vbuf = [torch.zeros(batch, w, H + p, W + 2 * p, device=device) for w in widths]
+        for r in rows:
+            links = self._vertical_row(vbuf, grid, r, biases)
+            # hbuf[l][:, :, p + j] is layer l's horizontal input at (r, j); p zeros on the left
+            hbuf = [torch.zeros(batch, w, W + p, device=device) for w in widths]
+            for c in range(W):
+                logits = self._horizontal_step(hbuf, grid, r, c, links, biases)  # (batch, K)
+                grid[:, r, c] = pick(logits, uniforms[:, r * W + c]).repeat(batch // m)
+        return self.from_grid(grid[:m])
 
     def _vertical_row(self, vbuf: list[torch.Tensor], grid: torch.Tensor, r: int, biases: list
                       ) -> list[torch.Tensor]:
@@ -401,25 +425,6 @@ class PixelCNNPrior(Prior):
                 hbuf[l + 1][:, :, p + c] = h  # (B, hidden)
             skips = skips + s  # (B, hidden)
         return _pointwise(self.head_out, F.relu(_pointwise(self.head_hidden, F.relu(skips))))
-
-    def generate_naive(self, n: int, labels=None, temperature: float = 1.0,
-                       top_k: int | None = None, top_p: float | None = None,
-                       cfg_scale: float = 1.0, generator: torch.Generator | None = None
-                       ) -> torch.Tensor:
-        """Same as :meth:`generate` but recomputes the full network at every position
-        (``H * W`` full passes); a reference for tests and benchmarks."""
-        with self._eval_mode():
-            cond, guided = self._sampling_batch(n, labels, temperature, top_k, top_p, cfg_scale)
-            H, W = self.grid_shape
-            batch = 2 * n if guided else n
-            grid = torch.zeros(batch, H, W, dtype=torch.long, device=self.embed.weight.device)
-            for r in range(H):
-                for c in range(W):
-                    logits = self._grid_logits(grid, cond)[:, :, r, c]  # (batch, K)
-                    code = self._pick(logits, n, guided, cfg_scale, temperature, top_k, top_p,
-                                      generator)
-                    grid[:, r, c] = code.repeat(batch // n)
-            return self.from_grid(grid[:n])
 
 
 def pixelcnn_debug(codebook_size: int = 16, code_shape: tuple = (4, 4), **overrides

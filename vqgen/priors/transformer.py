@@ -1,49 +1,49 @@
 """A decoder-only Transformer prior over code grids, built on a small ``transformers`` Llama.
 
-Token layout (``N = prod(code_shape)`` codes per sample, ``K = codebook_size``):
+Token layouts (``N = prod(code_shape)`` codes per sample, ``K = codebook_size``):
 
-- ``layout="flat"``: codes are read in raster order over the whole ``code_shape`` (``(h, w)``,
-  ``(L,)``, ...) and a code ``c`` is token ``c``.
+- ``layout="raster"`` (old name ``"flat"``): codes are read in raster order over the whole
+  ``code_shape`` (``(h, w)``, ``(L,)``, ...) and a code ``c`` is token ``c``; ``N`` steps.
 - ``layout="frames"``: for multi-codebook codes ``(Q, *rest)`` (e.g. ``(Q, T)`` audio), the
   sequence is frame-major, ``[c(q=0, t=0), c(1, 0), ..., c(Q-1, 0), c(0, 1), ...]``, and level
-  ``q`` owns its own token range: code ``c`` at level ``q`` is token ``q * K + c``.
+  ``q`` owns its own token range: code ``c`` at level ``q`` is token ``q * K + c``; ``N`` steps.
+- ``layout="delay"`` (MusicGen's delay pattern) for ``(Q, T)`` codes: level ``q`` is shifted
+  right by ``q`` frames, so step ``s`` holds ``c(q, s - q)`` for every level, and the empty
+  corners (``s - q`` outside ``[0, T)``) hold level ``q``'s padding token ``Q * K + q``. One
+  step per frame, ``T + Q - 1`` steps: the input of a step is the sum of the ``Q`` token
+  embeddings of the step before, and ``Q`` output heads predict all levels of the step at once.
+  Code ``(q, t)`` is predicted at step ``t + q`` and sees the codes of every earlier step, i.e.
+  ``(q', t')`` with ``t' + q' < t + q``: the lower levels of its own frame and later frames of
+  the lower levels.
 
-After the ``Q * K`` code tokens (``Q = 1`` for ``flat``) come the start tokens: one per class
-plus a null (unconditional) one, index ``num_classes``; an unconditional prior has only the null
-start token. A sample is fed as ``[start, tok_0, ..., tok_{N-2}]`` and position ``j`` predicts
-code ``j``; the output head only scores the ``K`` tokens of the level being predicted, so
-``logits`` is ``(B, K, *code_shape)`` and the start tokens can never be sampled.
+After the code (and padding) tokens come the start tokens: one per class plus a null
+(unconditional) one, index ``num_classes``; an unconditional prior has only the null start
+token. Position 0 is the start token and position ``j`` predicts step ``j``; the output head of
+level ``q`` scores only that level's ``K`` tokens, so ``logits`` is ``(B, K, *code_shape)`` and
+start and padding tokens can never be sampled.
 
-Sampling (``generate``) is our own loop over ``LlamaModel``: one token per step, ``N`` forward
-calls of length 1 against a KV cache, with the conditional and null-class rows of classifier-free
-guidance in one batch. The cache is a transformers ``DynamicCache`` or, by default on CUDA, a
-preallocated ``StaticCache`` whose decoding step is captured once as a CUDA graph and replayed
-(a step then costs one graph launch plus the sampling ops, instead of hundreds of kernel launches
-from Python). ``generate_uncached`` recomputes the whole prefix every step. All of them draw one
-uniform per row per step from ``generator``, so they return the same codes.
+Sampling (``generate``) is our own loop over ``LlamaModel`` fed with input embeddings: one step
+per forward call of length 1 against a KV cache (``decoding.py``: a transformers
+``DynamicCache`` or, by default on CUDA, a ``StaticCache`` replayed as a CUDA graph), with the
+conditional and null-class rows of classifier-free guidance in one batch. ``generate_uncached``
+recomputes the whole prefix every step. All of them take each sample's uniforms from its own
+stream, so they return the same codes, whatever the batch size.
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaModel, StaticCache
+from transformers import LlamaConfig, LlamaForCausalLM
+from tqdm.auto import tqdm
 
-from .base import Prior, cfg_combine, sample_logits
+from .base import Prior, cfg_combine, normalize_id2label, resolve_layout, sample_logits
+from .decoding import CACHE_IMPLEMENTATIONS, make_decoder, resolve_cache_implementation, run_backbone
 
-LAYOUTS = ("flat", "frames")
+LAYOUTS = ("raster", "frames", "delay")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-CACHE_IMPLEMENTATIONS = ("auto", "dynamic", "static")
-
-# transformers renamed ``past_key_values`` to ``cache`` in 5.x; pass whichever this version takes.
-_CACHE_KW = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -57,25 +57,16 @@ def default_intermediate_size(hidden_size: int, multiple_of: int = 16) -> int:
     return multiple_of * math.ceil(8 * hidden_size / 3 / multiple_of)
 
 
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Temporarily put ``module`` in eval mode, restoring each submodule's flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 # --------------------------------------------------------------------------- config
 @dataclass
 class TransformerPriorConfig:
     """Configuration of :class:`TransformerPrior`.
 
     ``code_shape`` is one sample's code shape, e.g. ``(7, 7)``, ``(Q, T)`` or ``(L,)``;
-    ``layout="frames"`` needs ``code_shape = (Q, *rest)`` with ``Q`` levels (see module doc).
+    ``layout``: ``"raster"`` (old name ``"flat"``), ``"frames"`` (``code_shape = (Q, *rest)``
+    with ``Q`` levels) or ``"delay"`` (``code_shape = (Q, T)``); see the module doc.
+    ``id2label``: class names ``{id: name}`` for every class (needs ``num_classes``), or None;
+    ``config.json`` stores the ids as strings, turned back into ints on load.
     ``intermediate_size=None`` resolves to :func:`default_intermediate_size` (stored resolved).
     ``num_kv_heads=None`` means plain multi-head attention (no grouped-query sharing).
     ``dropout`` is the attention dropout (Llama has no other dropout), active in train mode only.
@@ -86,6 +77,7 @@ class TransformerPriorConfig:
     codebook_size: int = 512
     code_shape: tuple = (7, 7)
     num_classes: int | None = None
+    id2label: dict | None = None
     label_dropout: float = 0.1
     hidden_size: int = 256
     num_layers: int = 6
@@ -93,7 +85,7 @@ class TransformerPriorConfig:
     num_kv_heads: int | None = None
     intermediate_size: int | None = None
     dropout: float = 0.0
-    layout: str = "flat"
+    layout: str = "raster"
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     initializer_range: float = 0.02
@@ -109,6 +101,7 @@ class TransformerPriorConfig:
         self.code_shape = shape
         if self.num_classes is not None and (not _is_int(self.num_classes) or self.num_classes < 1):
             raise ValueError(f"num_classes must be None or an int >= 1, got {self.num_classes!r}")
+        self.id2label = normalize_id2label(self.id2label, self.num_classes)
         if not (isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1):
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout!r}")
         for name in ("hidden_size", "num_layers", "num_heads"):
@@ -131,10 +124,11 @@ class TransformerPriorConfig:
             raise ValueError(f"intermediate_size must be None or an int >= 1, got {self.intermediate_size!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        self.layout = resolve_layout(self.layout, LAYOUTS)
         if self.layout == "frames" and len(shape) < 2:
             raise ValueError(f"layout='frames' needs code_shape (Q, *rest) with a level dim, got {shape}")
+        if self.layout == "delay" and len(shape) != 2:
+            raise ValueError(f"layout='delay' needs code_shape (Q, T), got {shape}")
         if not (isinstance(self.rope_theta, (int, float)) and self.rope_theta > 0):
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not (isinstance(self.rms_norm_eps, (int, float)) and self.rms_norm_eps > 0):
@@ -150,25 +144,38 @@ class TransformerPriorConfig:
 
     @property
     def num_levels(self) -> int:
-        """Levels with their own token range: ``code_shape[0]`` for ``frames``, else 1."""
-        return self.code_shape[0] if self.layout == "frames" else 1
+        """Levels with their own token range: ``code_shape[0]`` for frames/delay, else 1."""
+        return 1 if self.layout == "raster" else self.code_shape[0]
+
+    @property
+    def num_codes(self) -> int:
+        """Codes per sample, ``prod(code_shape)``."""
+        return math.prod(self.code_shape)
 
     @property
     def seq_len(self) -> int:
-        """Codes per sample, ``N = prod(code_shape)``."""
-        return math.prod(self.code_shape)
+        """Positions of the sequence the network reads: ``T + Q - 1`` steps for the delay
+        pattern, one per code (``prod(code_shape)``) otherwise."""
+        if self.layout == "delay":
+            return self.code_shape[1] + self.code_shape[0] - 1
+        return self.num_codes
+
+    @property
+    def num_pad_tokens(self) -> int:
+        """One padding token per level in the delay pattern (its empty corners), else 0."""
+        return self.code_shape[0] if self.layout == "delay" else 0
 
 
 def llama_config(config: TransformerPriorConfig) -> LlamaConfig:
     """The ``LlamaConfig`` of the network inside a :class:`TransformerPrior` (no downloads).
 
-    Vocabulary: ``num_levels * codebook_size`` code tokens, then ``num_classes + 1`` start tokens
-    (1 for an unconditional prior). BOS/EOS/PAD are unused (None); embeddings are untied so the
-    state dict has no shared tensors.
+    Vocabulary: ``num_levels * codebook_size`` code tokens, ``num_pad_tokens`` padding tokens
+    (delay pattern), then ``num_classes + 1`` start tokens (1 for an unconditional prior).
+    BOS/EOS/PAD are unused (None); embeddings are untied so the state dict has no shared tensors.
     """
     num_start = (config.num_classes or 0) + 1
     return LlamaConfig(
-        vocab_size=config.num_levels * config.codebook_size + num_start,
+        vocab_size=config.num_levels * config.codebook_size + config.num_pad_tokens + num_start,
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers,
@@ -193,7 +200,7 @@ class TransformerPrior(Prior):
     ``self.lm`` is a ``transformers.LlamaForCausalLM`` built from :func:`llama_config`; its weights
     are ordinary entries of this module's state dict, so ``save_pretrained``/``from_pretrained``
     round trip through ``config.json`` + ``model.safetensors``. Its ``lm_head`` rows for the start
-    tokens exist (so ``self.lm.generate`` works for comparison) but are never used here.
+    and padding tokens exist but are never used here.
     """
 
     config_class = TransformerPriorConfig
@@ -201,11 +208,17 @@ class TransformerPrior(Prior):
     def __init__(self, config: TransformerPriorConfig):
         super().__init__(config)
         self.lm = LlamaForCausalLM(llama_config(config))
-        q, n = config.num_levels, config.seq_len
-        # Sequence position j predicts level j % Q; its token id is code + level offset.
+        q, n, k = config.num_levels, config.num_codes, config.codebook_size
+        # raster/frames: sequence position j predicts level j % Q; token id = code + level offset
         levels = torch.arange(n) % q
         self.register_buffer("_levels", levels, persistent=False)                         # (N,)
-        self.register_buffer("_offsets", levels * config.codebook_size, persistent=False)  # (N,)
+        self.register_buffer("_offsets", levels * k, persistent=False)                    # (N,)
+        if config.layout == "delay":
+            Q, T = config.code_shape
+            step = torch.arange(T)[None, :] + torch.arange(Q)[:, None]                     # (Q, T)
+            frame = torch.arange(config.seq_len)[:, None] - torch.arange(Q)[None, :]       # (S, Q)
+            self.register_buffer("_delay_step", step, persistent=False)
+            self.register_buffer("_delay_frame", frame, persistent=False)
 
     # ----------------------------------------------------------------------- layout helpers
     @property
@@ -217,7 +230,7 @@ class TransformerPrior(Prior):
         return self.config.num_levels
 
     def _to_sequence(self, grid: torch.Tensor) -> torch.Tensor:
-        """``(B, *code_shape) -> (B, N)`` in the prior's order."""
+        """``(B, *code_shape) -> (B, N)`` in the raster/frames order."""
         if self.config.layout == "frames":
             grid = grid.flatten(2).transpose(1, 2)  # (B, Q, R) -> (B, R, Q): frame-major
         return grid.reshape(grid.shape[0], -1)
@@ -230,6 +243,26 @@ class TransformerPrior(Prior):
             return seq.reshape(b, -1, q).transpose(1, 2).reshape(b, q, *rest)
         return seq.reshape(b, *self.code_shape)
 
+    def _delay_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, Q, T)`` -> delay-pattern token ids ``(B, S, Q)``, ``S = T + Q - 1``:
+        ``q * K + c(q, s - q)``, or level ``q``'s padding token where ``s - q`` is off the grid."""
+        Q, T = self.code_shape
+        frame = self._delay_frame                                              # (S, Q)
+        level = torch.arange(Q, device=codes.device).expand_as(frame)          # (S, Q)
+        tokens = codes[:, level, frame.clamp(0, T - 1)] + level * self.codebook_size
+        pad = Q * self.codebook_size + level                                   # (S, Q)
+        return torch.where((frame >= 0) & (frame < T), tokens, pad)
+
+    def _step_tokens(self, codes: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, S, P)`` of every step: ``P = Q`` tokens per step (delay) or 1."""
+        if self.config.layout == "delay":
+            return self._delay_tokens(codes)
+        return (self._to_sequence(codes) + self._offsets)[..., None]
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, L, P)`` -> input embeddings ``(B, L, H)``, the sum over ``P``."""
+        return self.lm.model.embed_tokens(tokens).sum(2)
+
     def _head_weight(self) -> torch.Tensor:
         """``lm_head`` rows of the code tokens, ``(Q, K, hidden)``."""
         q, k = self.num_levels, self.codebook_size
@@ -237,200 +270,117 @@ class TransformerPrior(Prior):
 
     def _start_tokens(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """Start token ids ``(batch,)`` from network labels (``num_classes`` = null)."""
-        first = self.num_levels * self.codebook_size
+        first = self.num_levels * self.codebook_size + self.config.num_pad_tokens
         if labels is None:  # unconditional prior: its one start token
             return torch.full((batch,), first, dtype=torch.long, device=device)
         return labels + first
-
-    def _backbone(self, input_ids: torch.Tensor, cache=None, position_ids=None,
-                  attention_mask=None) -> torch.Tensor:
-        """Run the Llama decoder on token ids ``(B, L)``; returns hidden states ``(B, L, hidden)``."""
-        kwargs = {_CACHE_KW: cache, "use_cache": cache is not None}
-        out = self.lm.model(input_ids=input_ids, position_ids=position_ids,
-                            attention_mask=attention_mask, **kwargs)
-        return out.last_hidden_state
 
     # ----------------------------------------------------------------------- training
     def logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
         """Teacher-forced logits ``(B, codebook_size, *code_shape)`` for codes ``(B, *code_shape)``.
 
-        Causal in the prior's order: the logits of code ``j`` depend only on the label and codes
-        ``< j``. ``labels``: None, an int, or ``(B,)`` ints in ``[0, num_classes)``; in train mode
-        they are replaced by the null class with probability ``label_dropout``. Raises
-        ``ValueError`` for codes of the wrong shape/dtype/range and for bad labels.
+        Causal in the layout's order: the logits of a code depend only on the label and the
+        codes of earlier steps (module doc). ``labels``: None, an id or class name, or ``B`` of
+        them (``Prior.label_ids``); in train mode they are replaced by the null class with
+        probability ``label_dropout``. Raises ``ValueError`` for codes of the wrong
+        shape/dtype/range and for bad labels.
         """
         codes = self.check_codes(codes)
         b, device = codes.shape[0], codes.device
-        labels = self.condition_labels(self.check_labels(labels, b, device), b, device)
-        tokens = self._to_sequence(codes) + self._offsets                      # (B, N)
-        inputs = torch.cat([self._start_tokens(labels, b, device)[:, None], tokens[:, :-1]], 1)
-        hidden = self._backbone(inputs)                                        # (B, N, H)
+        labels = self.condition_labels(self.label_ids(labels, b, device), b, device)
+        start = self._embed(self._start_tokens(labels, b, device)[:, None, None])  # (B, 1, H)
+        steps = self._embed(self._step_tokens(codes)[:, :-1])                     # (B, S-1, H)
+        hidden = run_backbone(self.lm.model, torch.cat([start, steps], 1))         # (B, S, H)
+        weight = self._head_weight()                                               # (Q, K, H)
+        if self.config.layout == "delay":  # code (q, t) is predicted at step t + q
+            hidden = hidden[:, self._delay_step]                                   # (B, Q, T, H)
+            return torch.einsum("bqth,qkh->bkqt", hidden, weight)
         q, k = self.num_levels, self.codebook_size
         # Score each position against its own level's K rows only: (B, R, Q, H) x (Q, K, H).
         hidden = hidden.reshape(b, -1, q, hidden.shape[-1])
-        logits = torch.einsum("brqh,qkh->bkrq", hidden, self._head_weight())   # (B, K, R, Q)
+        logits = torch.einsum("brqh,qkh->bkrq", hidden, weight)                # (B, K, R, Q)
         logits = logits.reshape(b * k, -1)                                     # (B*K, N), seq order
         return self._to_grid(logits).reshape(b, k, *self.code_shape)
 
     # ----------------------------------------------------------------------- sampling
+    def sampling_draws(self) -> tuple[int, ...]:
+        """Uniforms per sample: ``(T + Q - 1, Q)`` for the delay pattern, else ``(N, 1)``."""
+        if self.config.layout == "delay":
+            return self.seq_len, self.code_shape[0]
+        return self.seq_len, 1
+
     def generate(self, n: int, labels=None, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, cfg_scale: float = 1.0,
-                 generator: torch.Generator | None = None, *,
-                 cache_implementation: str | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, batch_size: int | None = None,
+                 progress: bool = False, *, cache_implementation: str | None = None
+                 ) -> torch.Tensor:
         """Sample ``n`` code grids, LongTensor ``(n, *code_shape)``, with KV-cached decoding.
 
-        ``labels``: None (null class / unconditional), an int, or ``(n,)`` ints. ``temperature``,
-        ``top_k``, ``top_p`` filter each step's logits (see ``base.filter_logits``);
+        ``labels``: None (null class / unconditional), an id or class name, or ``n`` of them.
+        ``temperature``, ``top_k``, ``top_p`` filter each step's logits (``base.filter_logits``);
         ``cfg_scale != 1`` applies classifier-free guidance against the null class (one batch of
-        ``2n`` rows) and needs labels. ``generator`` (a CPU ``torch.Generator``) makes the draw
-        reproducible: one uniform per sample per step. ``cache_implementation`` overrides the
-        config's (``"dynamic"``: transformers ``DynamicCache``; ``"static"``: preallocated
-        ``StaticCache``, replayed as a CUDA graph on CUDA; ``"auto"``: static on CUDA, dynamic
-        elsewhere). Works in train mode too (switches to eval for the call). Raises
-        ``ValueError`` for bad ``n``, labels or sampling settings.
+        ``2n`` rows) and needs labels. ``generator`` (CPU) seeds one stream per sample: the same
+        seed gives the same codes for any ``batch_size`` (rows decoded together, default all).
+        ``cache_implementation`` overrides the config's (``"dynamic"``: transformers
+        ``DynamicCache``; ``"static"``: ``StaticCache``, a CUDA graph on CUDA; ``"auto"``: static
+        on CUDA, dynamic elsewhere). ``progress`` shows a bar over the steps. Works in train
+        mode too (eval for the call). Raises ``ValueError`` for bad ``n``, ``batch_size``,
+        labels, sampling settings or cache implementation.
         """
-        return self._sample(n, labels, temperature, top_k, top_p, cfg_scale, generator,
-                            cached=True, cache_implementation=cache_implementation)
+        device = self.lm.lm_head.weight.device
+        impl = resolve_cache_implementation(cache_implementation or self.config.cache_implementation,
+                                            device)
+        return self._generate(n, labels, temperature, top_k, top_p, cfg_scale, generator,
+                              batch_size, progress, impl=impl)
 
     def generate_uncached(self, n: int, labels=None, temperature: float = 1.0,
                           top_k: int | None = None, top_p: float | None = None,
-                          cfg_scale: float = 1.0,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+                          batch_size: int | None = None) -> torch.Tensor:
         """Same as :meth:`generate` (same codes for the same ``generator`` state) but recomputes
-        the whole prefix at every step: ``O(N^2)`` work, a reference for tests and benchmarks."""
-        return self._sample(n, labels, temperature, top_k, top_p, cfg_scale, generator, cached=False)
+        the whole prefix at every step: ``O(S^2)`` work, a reference for tests and benchmarks."""
+        return self._generate(n, labels, temperature, top_k, top_p, cfg_scale, generator,
+                              batch_size, False, impl="none")
 
-    @torch.no_grad()
-    def _sample(self, n, labels, temperature, top_k, top_p, cfg_scale, generator, cached: bool,
-                cache_implementation: str | None = None):
-        device = self.lm.lm_head.weight.device
-        labels = self._prepare_generate(n, labels, temperature, top_k, top_p, cfg_scale, device)
-        impl = self._resolve_cache_implementation(cache_implementation, device) if cached else "none"
+    def _step_levels(self, s: int) -> list[int]:
+        """Levels predicted at step ``s``: one (raster/frames) or the delay diagonal."""
+        if self.config.layout != "delay":
+            return [s % self.num_levels]
+        Q, T = self.code_shape
+        return list(range(max(0, s - T + 1), min(Q - 1, s) + 1))
+
+    def _sample_batch(self, labels, uniforms, temperature, top_k, top_p, cfg_scale, progress,
+                      impl: str = "dynamic") -> torch.Tensor:
+        m, device = len(uniforms), self.lm.lm_head.weight.device
         guided = cfg_scale != 1.0
-        with eval_mode(self):
-            net_labels = self.condition_labels(labels, n, device)  # None only if unconditional
-            if guided:  # conditional rows first, then the same number of null-class rows
-                net_labels = torch.cat([net_labels, torch.full_like(net_labels, self.num_classes)])
-            rows = net_labels.shape[0] if net_labels is not None else n
-            n_seq, weight = self.seq_len, self._head_weight()                  # weight (Q, K, H)
-            levels, offsets = self._levels.tolist(), self._offsets
-            tokens = torch.empty(rows, n_seq, dtype=torch.long, device=device)  # fed inputs
-            tokens[:, 0] = self._start_tokens(net_labels, rows, device)
-            codes = torch.empty(n, n_seq, dtype=torch.long, device=device)
-            step = self._decoder(impl, rows, device)
-            for j in range(n_seq):
-                hidden = step(j, tokens)                                       # (rows, H)
-                logits = F.linear(hidden, weight[levels[j]])                   # (rows, K)
-                if guided:
-                    logits = cfg_combine(logits[:n], logits[n:], cfg_scale)
-                codes[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
-                if j + 1 < n_seq:
-                    tokens[:, j + 1] = (codes[:, j] + offsets[j]).repeat(rows // n)
-        return self._to_grid(codes)
-
-    def _resolve_cache_implementation(self, name: str | None, device: torch.device) -> str:
-        name = self.config.cache_implementation if name is None else name
-        if name not in CACHE_IMPLEMENTATIONS:
-            raise ValueError(f"cache_implementation must be one of {CACHE_IMPLEMENTATIONS}, got {name!r}")
-        if name == "auto":
-            return "static" if device.type == "cuda" else "dynamic"
-        return name
-
-    def _decoder(self, impl: str, rows: int, device: torch.device):
-        """A function ``step(j, tokens (rows, N)) -> hidden (rows, H)`` giving the last hidden
-        state after feeding ``tokens[:, :j + 1]``; it must be called for ``j = 0, 1, ...``."""
-        if impl == "none":  # recompute the whole prefix
-            return lambda j, tokens: self._backbone(tokens[:, :j + 1])[:, -1]
-        if impl == "dynamic":
-            cache = DynamicCache(config=self.lm.config)
-            positions = torch.arange(self.seq_len, device=device)[None]      # (1, N)
-            return lambda j, tokens: self._backbone(
-                tokens[:, j:j + 1], cache, positions[:, j:j + 1])[:, -1]
-        # static: reuse the preallocated decoder (and its CUDA graph) while the weights stay put
-        key = (rows, str(device), tuple(p.data_ptr() for p in self.lm.parameters()))
-        decoders = self.__dict__.setdefault("_static_decoders", _DecoderCache())
-        if key not in decoders:
-            if len(decoders) >= 4:
-                decoders.clear()
-            decoders[key] = _StaticDecoder(self, rows, device)
-        decoder = decoders[key]
-        decoder.reset()
-        return decoder
-
-
-class _DecoderCache(dict):
-    """Per-module cache of :class:`_StaticDecoder` objects; copies and pickles of the module start
-    with an empty one (CUDA graphs can be neither copied nor pickled)."""
-
-    def __deepcopy__(self, memo):
-        return _DecoderCache()
-
-    def __reduce__(self):
-        return _DecoderCache, ()
-
-
-class _StaticDecoder:
-    """Fixed-address decoding state for ``rows`` sequences: a transformers ``StaticCache`` of
-    ``N`` positions, the fed token ``(rows, 1)``, its position ``(1, 1)`` and an attention mask
-    ``(1, 1, 1, N)`` over the cache (passing a 4-D mask skips transformers' mask construction).
-
-    Nothing in a step depends on host-side values, so on CUDA the step is captured once as a CUDA
-    graph and replayed; elsewhere (or if capture fails, with a warning) it runs eagerly.
-    """
-
-    def __init__(self, prior: TransformerPrior, rows: int, device: torch.device):
-        self.prior, n_seq = prior, prior.seq_len
-        self.cache = StaticCache(config=prior.lm.config, max_cache_len=n_seq)
-        self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.position = torch.zeros(1, 1, dtype=torch.long, device=device)
-        self.visible = torch.zeros(1, 1, 1, n_seq, dtype=torch.bool, device=device)
-        if prior.config.attn_implementation == "eager":  # eager attention adds the mask
-            dtype = prior.lm.lm_head.weight.dtype
-            self.mask = torch.full((1, 1, 1, n_seq), torch.finfo(dtype).min, dtype=dtype, device=device)
-        else:                                             # sdpa takes True = attend
-            self.mask = self.visible
-        self.graph = self.hidden = None
-        if device.type == "cuda":
-            self._capture(device)
-
-    def _forward(self) -> torch.Tensor:
-        return self.prior._backbone(self.token, self.cache, self.position, self.mask)[:, -1]
-
-    def _capture(self, device: torch.device) -> None:
-        try:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):  # warm up (allocates the cache) off the capture
-                for _ in range(2):
-                    self.reset()
-                    self._forward()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            self.reset()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.hidden = self._forward()
-            self.graph = graph
-        except Exception as e:  # pragma: no cover - depends on the CUDA stack
-            warnings.warn(f"CUDA graph capture failed ({e}); decoding with an eager static cache")
-            self.graph = self.hidden = None
-        self.reset()
-
-    def reset(self) -> None:
-        self.cache.reset()
-        self.visible.zero_()
-        if self.mask is not self.visible:
-            self.mask.fill_(torch.finfo(self.mask.dtype).min)
-
-    def __call__(self, j: int, tokens: torch.Tensor) -> torch.Tensor:
-        self.token.copy_(tokens[:, j:j + 1])
-        self.position.fill_(j)
-        self.visible[..., j].fill_(True)
-        if self.mask is not self.visible:
-            self.mask[..., j].fill_(0.0)
-        if self.graph is None:
-            return self._forward()
-        self.graph.replay()
-        return self.hidden
+        net_labels = self.condition_labels(labels, m, device)  # None only if unconditional
+        if guided:  # conditional rows first, then the same number of null-class rows
+            net_labels = torch.cat([net_labels, torch.full_like(net_labels, self.num_classes)])
+        rows = net_labels.shape[0] if net_labels is not None else m
+        delay, k, weight = self.config.layout == "delay", self.codebook_size, self._head_weight()
+        Q = self.code_shape[0] if delay else 1
+        out = torch.zeros(m, *self.code_shape, dtype=torch.long, device=device)   # delay
+        seq = torch.zeros(m, self.seq_len, dtype=torch.long, device=device)   # raster/frames
+        tokens = self._start_tokens(net_labels, rows, device)[:, None]       # (rows, P) fed next
+        step = make_decoder(self, self.lm.model, impl, rows, self.seq_len, device)
+        for s in tqdm(range(self.seq_len), desc="sample", leave=False, disable=not progress):
+            hidden = step(s, self._embed(tokens[:, None]))                     # (rows, H)
+            levels = self._step_levels(s)
+            logits = torch.einsum("rh,lkh->rlk", hidden, weight[levels])       # (rows, L, K)
+            if guided:
+                logits = cfg_combine(logits[:m], logits[m:], cfg_scale)
+            codes = sample_logits(logits, temperature, top_k, top_p,
+                                  uniform=uniforms[:, s, :len(levels)])        # (m, L)
+            if not delay:
+                seq[:, s] = codes[:, 0]
+                tokens = (codes + self._offsets[s]).repeat(rows // m, 1)       # (rows, 1)
+                continue
+            tokens = Q * k + torch.arange(Q, device=device).repeat(m, 1)       # pads, (m, Q)
+            for i, q in enumerate(levels):
+                out[:, q, s - q] = codes[:, i]
+                tokens[:, q] = q * k + codes[:, i]
+            tokens = tokens.repeat(rows // m, 1)                               # (rows, Q)
+        return out if delay else self._to_grid(seq)
 
 
 def transformer_prior_debug(codebook_size: int = 16, code_shape: tuple = (4, 4), **overrides
