@@ -113,7 +113,7 @@ def test_crash_during_save_keeps_old_checkpoint(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(modeling, "save_file", boom)
+    monkeypatch.setattr(modeling, "write_bytes_to", boom)
     with pytest.raises(KeyboardInterrupt):
         model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before

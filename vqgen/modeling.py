@@ -5,98 +5,35 @@ holding ``config.json`` (the config plus ``model_type``) and ``model.safetensors
 state dict). Loading is strict: a missing or unexpected key, a checkpoint of another model type, an
 unknown config key or a truncated file raise ``ValueError`` naming what was expected and what came.
 
-Also home of the atomic-write helpers used by every writer in the package (checkpoints, train
-state, metrics): write to a temporary sibling, then ``os.replace``.
+The weights file carries a SHA-256 of its tensor data in its metadata (``vqgen_sha256``), checked
+at load: damaged bytes anywhere in the file raise ``ValueError`` naming the file. The atomic-write
+helpers (:mod:`vqgen.atomic`) are re-exported here for the modules that import them from here.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from .atomic import (atomic_directory, atomic_torch_save, atomic_write, atomic_write_bytes,  # noqa: F401
+                     atomic_write_text, ensure_directory, write_bytes_to)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CHECKSUM_KEY = "vqgen_sha256"
 
 C = TypeVar("C")
 M = TypeVar("M", bound="ConfigModel")
-
-
-# --------------------------------------------------------------------------- atomic writes
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path`` in one rename.
-
-    A crash during ``write`` leaves the previous ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, _write)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` when the block exits cleanly.
-
-    The old directory is renamed aside first and removed only after the new one is in place,
-    so a crash at any point leaves either the old or the new complete directory (or, in the
-    narrow window between the two renames, ``<path>.old-*`` which :func:`_recover_dir` restores).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if path.exists():
-        old = path.with_name(f"{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_dir(path: Path) -> None:
-    """Restore ``path`` from ``path.old-*`` if a crash hit between the two renames."""
-    if path.exists():
-        return
-    olds = sorted(path.parent.glob(f"{path.name}.old-*"))
-    if olds:
-        os.replace(olds[-1], path)
 
 
 # --------------------------------------------------------------------------- configs
@@ -137,6 +74,64 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+# --------------------------------------------------------------------------- weights files
+def tensor_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) over every tensor's name, dtype, shape and bytes, in key order: the same
+    for a state dict before saving and after loading, whatever the file layout."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` file on the CPU (no pickle) and check its ``vqgen_sha256``
+    (files written before checksums existed have none and load unchecked).
+
+    Raises ``ValueError`` naming the file when it is truncated, its header is damaged, or its
+    tensor data does not match the recorded checksum.
+    """
+    path = str(path)
+    try:
+        with safe_open(path, "pt") as f:
+            expected = (f.metadata() or {}).get(CHECKSUM_KEY)
+        state = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"cannot read {path}: {e}; the file is corrupt or truncated") from None
+    if expected is not None and tensor_digest(state) != expected:
+        raise ValueError(f"{path} is corrupt: its tensor data does not match the SHA-256 recorded "
+                         f"when it was saved (re-save or re-train it)")
+    return state
+
+
+def check_state_dict(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], source: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``state`` has exactly ``own``'s keys and shapes."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match the model: {len(missing)} missing key(s) {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''}, {len(unexpected)} unexpected key(s) "
+            f"{unexpected[:3]}{'...' if len(unexpected) > 3 else ''} (a different model config?)")
+    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+           if tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        k, got, want = bad[0]
+        raise ValueError(f"{source}: tensor {k!r} has shape {got}, expected {want}"
+                         f"{f' (and {len(bad) - 1} more mismatched)' if len(bad) > 1 else ''}; "
+                         f"was it trained with a different model config?")
+
+
+def read_train_step(directory: str | os.PathLike) -> int | None:
+    """The training step recorded in ``directory/config.json`` (None if absent/unreadable)."""
+    try:
+        meta = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        return int(meta["train_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- base model
@@ -181,18 +176,32 @@ class ConfigModel(nn.Module, PyTorchModelHubMixin):
         """Extra files saved beside the weights (e.g. a SentencePiece model)."""
         return {}
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` atomically; returns the directory."""
+    def save_pretrained(self, save_directory: str | os.PathLike, train_step: int | None = None,
+                        **_: Any) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ :meth:`extra_files`) atomically, with a
+        SHA-256 of the tensor data in the weights' metadata; returns the directory.
+
+        ``train_step`` (set by the training loop) is recorded in ``config.json`` so a run can
+        tell which step its export holds. ``config.json`` is written last: a copy with it is
+        complete. Two processes saving one directory take turns (a lock beside it). Raises
+        ``OSError`` (``ENOSPC`` on a full disk, ``EROFS``/``EACCES`` when not writable).
+        """
         model = unwrap_model(self)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         meta = {"model_type": model.model_type(), "vqgen_format": 1,
                 "config": config_to_dict(model.config)}
+        if train_step is not None:
+            meta["train_step"] = int(train_step)
         save_directory = Path(save_directory)
         with atomic_directory(save_directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"model_type": model.model_type()})
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            for name, data in model.extra_files().items():
-                (tmp / name).write_bytes(data)
+            data = safetensors_bytes(state, metadata={"model_type": model.model_type(),
+                                                      CHECKSUM_KEY: tensor_digest(state)})
+            write_bytes_to(str(tmp / WEIGHTS_NAME), data)
+            del data
+            for name, extra in model.extra_files().items():
+                write_bytes_to(str(tmp / name), extra)
+            write_bytes_to(str(tmp / CONFIG_NAME),
+                           (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         return save_directory
 
     # ----------------------------------------------------------------------- load
@@ -200,7 +209,7 @@ class ConfigModel(nn.Module, PyTorchModelHubMixin):
     def read_config(cls, directory: str | os.PathLike) -> dict[str, Any]:
         """Read and check ``config.json``: it must exist and name this model type."""
         directory = Path(directory)
-        _recover_dir(directory)
+        ensure_directory(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"no {cls.__name__} checkpoint directory at {directory}")
         cfg_path = directory / CONFIG_NAME
@@ -214,6 +223,9 @@ class ConfigModel(nn.Module, PyTorchModelHubMixin):
         if got != cls.model_type():
             raise ValueError(
                 f"{directory} holds a {got!r} checkpoint, expected {cls.model_type()!r}")
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError(f"{cfg_path} has no 'config' mapping (keys {sorted(meta)}); "
+                             f"the checkpoint is corrupt")
         return meta["config"]
 
     def load_extra_files(self, directory: Path) -> None:
@@ -234,23 +246,8 @@ class ConfigModel(nn.Module, PyTorchModelHubMixin):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"expected weights at {weights}, found none")
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise ValueError(f"cannot read {weights}: {e}; the file is corrupt or truncated") from None
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"{weights} does not match {cls.__name__}: missing keys {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                f"{'...' if len(unexpected) > 5 else ''}")
-        bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
-               if tuple(state[k].shape) != tuple(v.shape)]
-        if bad:
-            k, got, want = bad[0]
-            raise ValueError(f"{weights}: tensor {k!r} has shape {got}, expected {want}")
+        state = read_weights(weights)
+        check_state_dict(state, model.state_dict(), f"{weights} ({cls.__name__})")
         model.load_state_dict(state, strict=True)
         model.load_extra_files(directory)
         return model.to(map_location).eval()

@@ -11,6 +11,11 @@ atomic checkpoints, exact resume and DDP. What it leaves in ``run_dir``::
     logs/<component>.jsonl            one object per ``log_every`` steps; eval lines have "eval": true
     logs/tb/<component>/              TensorBoard events, only when tensorboard is installed
 
+Each checkpoint writes the train state first, then the export, with the step recorded in both;
+on start a stale export is re-written from the state, so after a crash or a full disk the two
+never disagree. ``train`` holds the run directory's lock (:mod:`vqgen.runs`) while it runs: a
+second process training in the same directory fails at once.
+
 Resume is exact: the data order is a function of ``(seed, epoch)`` and the state file holds the
 batch position and every RNG, so a run killed after a checkpoint and restarted produces the same
 per-step losses as one that never stopped (bit for bit on CPU).
@@ -38,19 +43,26 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from .modeling import ConfigModel, atomic_torch_save, atomic_write_text, unwrap_model
+from .modeling import (ConfigModel, atomic_torch_save, atomic_write_text, check_state_dict,
+                       read_train_step, tensor_digest, unwrap_model)
+from .runs import locks_run_dir
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "DistInfo", "train",
            "resolve_device", "init_distributed", "is_main_process", "warmup_cosine",
            "build_optimizer"]
 
 STATE_FORMAT = 1
+_STATE_KEYS = {"step", "epoch", "batch_in_epoch", "finished", "model", "model_type", "optimizer",
+               "scheduler", "rng", "seconds", "last_metrics", "eval_metrics", "log_accum"}
 StepFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
 
 
 # --------------------------------------------------------------------------- config and results
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)   # a larger lr overflows inside AdamW
 
 
 def _is_number(v: Any) -> bool:
@@ -98,8 +110,9 @@ class TrainConfig:
             need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an int >= 1")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "num_workers"):
             need(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an int >= 0")
-        need(_is_int(self.seed), "seed", "an int")
-        need(_is_number(self.lr) and self.lr > 0, "lr", "a finite number > 0")
+        need(_is_int(self.seed) and 0 <= self.seed < 2**63, "seed", "an int in [0, 2**63)")
+        need(_is_number(self.lr) and 0 < self.lr <= _FLOAT32_MAX, "lr",
+             f"a number > 0 that float32 holds (<= {_FLOAT32_MAX:.3g})")
         need(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
         need(_is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio",
              "a number in [0, 1]")
@@ -490,9 +503,40 @@ def _load_state(path: Path) -> dict[str, Any] | None:
                          f"to start over)") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a vqgen train state of format {STATE_FORMAT}")
+    missing = sorted(_STATE_KEYS - set(state))
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; the train state is incomplete or corrupt "
+                         f"(delete it to start over)")
+    if "model_sha256" in state and tensor_digest(state["model"]) != state["model_sha256"]:
+        raise ValueError(f"{path} is corrupt: its model weights do not match the SHA-256 recorded "
+                         f"when it was saved (delete it to start over)")
     return state
 
 
+def _reconcile_export(model: nn.Module, export_dir: Path, step: int) -> None:
+    """After a crash or a full disk between writing the train state and the export (the state
+    is written first), re-export the state's weights so both hold the same step."""
+    if read_train_step(export_dir) != step:
+        unwrap_model(model).save_pretrained(export_dir, train_step=step)
+
+
+def _apply_new_lr(state: dict[str, Any], config: TrainConfig, optimizer: torch.optim.Optimizer,
+                  scheduler: Any, path: Path) -> None:
+    """A resumed run given another ``lr`` uses it from here on (the saved optimizer would
+    silently keep the old one) and says so on stderr."""
+    saved = state.get("config", {}).get("lr")
+    if saved is None or saved == config.lr:
+        return
+    scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr
+        group["lr"] = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    if is_main_process():
+        print(f"vqgen: note: resuming {path} at step {state['step']} with lr {config.lr:g} "
+              f"(it was {saved:g})", file=sys.stderr)
+
+
+@locks_run_dir
 def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config: TrainConfig, *,
           component: str, step_fn: StepFn,
           eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
@@ -551,11 +595,16 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         if state.get("model_type") != type(unwrap_model(model)).__name__:
             raise ValueError(f"{state_path} holds a {state.get('model_type')!r} train state, "
                              f"expected {type(unwrap_model(model)).__name__!r}")
-        try:
-            model.load_state_dict(state["model"], strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{state_path} does not match {type(model).__name__}: {e}") from None
+        check_state_dict(state["model"], model.state_dict(),
+                         f"{state_path} ({type(unwrap_model(model)).__name__})")
+        model.load_state_dict(state["model"], strict=True)
+        if main:
+            _reconcile_export(model, export_dir, state["step"])
         if state["finished"] and state["step"] >= config.steps:
+            saved_lr = state.get("config", {}).get("lr", config.lr)
+            if main and saved_lr != config.lr:
+                print(f"vqgen: note: {state_path} already finished {state['step']} steps; lr "
+                      f"{config.lr:g} is not used (raise steps to train on)", file=sys.stderr)
             model.eval()
             return TrainResult(state["step"], state["seconds"], dict(state["last_metrics"]),
                                dict(state["eval_metrics"]), resumed_from=state["step"])
@@ -571,6 +620,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
     else:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        _apply_new_lr(state, config, optimizer, scheduler, state_path)
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         seconds_before, last_metrics = state["seconds"], dict(state["last_metrics"])
         eval_metrics, acc = dict(state["eval_metrics"]), _Interval(state["log_accum"])
@@ -649,19 +699,20 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
     def checkpoint(finished: bool) -> None:
         nonlocal last_ckpt
         rng = _all_gather_objects(_rng_state())
-        if main:
-            if last_ckpt != step or not export_dir.exists():
-                unwrap_model(model).save_pretrained(export_dir)
+        if main:  # the state first, then the export: after a crash the state is never behind
+            weights = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
             atomic_torch_save({
                 "format": STATE_FORMAT, "component": component,
                 "model_type": type(unwrap_model(model)).__name__,
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                 "finished": finished, "world_size": world,
-                "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
+                "model": weights, "model_sha256": tensor_digest(weights),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng, "seconds": elapsed(), "last_metrics": last_metrics,
                 "eval_metrics": eval_metrics, "log_accum": acc.state(),
                 "config": dataclasses.asdict(config)}, state_path)
+            if last_ckpt != step or read_train_step(export_dir) != step:
+                unwrap_model(model).save_pretrained(export_dir, train_step=step)
         last_ckpt = step
         _barrier()  # the checkpoint is complete before any rank goes on (or reads it)
 
