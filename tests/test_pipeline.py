@@ -80,3 +80,64 @@ def test_code_cache_reuses_and_invalidates(pipe, tmp_path, monkeypatch):
     tok.save_pretrained(tmp_path / "tok")   # new weights -> new hash -> re-encode
     again = encode_cached(tok, tmp_path / "tok", "train", x, tmp_path / "codes", progress=False)
     assert torch.equal(again, tok.encode(x))
+
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]
+
+
+@pytest.fixture()
+def named_run(tmp_path):
+    torch.manual_seed(0)
+    tok = image_tokenizer_debug(in_channels=1).eval()
+    prior = pixelcnn_debug(codebook_size=tok.codebook_size, code_shape=(4, 4), num_classes=10)
+    GenerationPipeline(tok, prior.eval(), id2label=FASHION).save_pretrained(tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_class_names_saved_and_used_for_generation(named_run):
+    import json
+    assert json.loads((named_run / "labels.json").read_text())["3"] == "Dress"
+    pipe = GenerationPipeline.from_pretrained(named_run)
+    assert pipe.id2label[3] == "Dress"
+    dress = pipe.generate(6, labels="Dress", seed=0)
+    assert torch.equal(dress, pipe.generate(6, labels=3, seed=0))
+    mixed = pipe.label_ids(["Dress", 3, "Bag", "8"], 4)
+    assert mixed.tolist() == [3, 3, 8, 8]
+    assert pipe.label_names(mixed) == ["Dress", "Dress", "Bag", "Bag"]
+    with pytest.raises(ValueError, match=r"unknown class name 'Dres'.*'Dress'"):
+        pipe.generate(2, labels="Dres")
+
+
+def test_names_without_id2label_raise(pipe):
+    with pytest.raises(ValueError, match="no names"):
+        pipe.generate(2, labels="Dress")
+
+
+def test_save_writes_row_labels_sidecar(named_run, tmp_path):
+    import json
+    pipe = GenerationPipeline.from_pretrained(named_run)
+    labels = ["Dress"] * 3 + ["Bag"] * 3
+    paths = pipe.save(pipe.generate(6, labels=labels, seed=0), tmp_path / "out", nrow=3,
+                      labels=labels)
+    meta = json.loads((tmp_path / "out" / "grid.json").read_text())
+    assert meta["rows"] == ["Dress", "Bag"] and "Dress, Bag" in meta["caption"]
+    assert tmp_path / "out" / "grid.json" in paths
+
+
+def test_decode_is_clamped_and_gradient_free(named_run):
+    pipe = GenerationPipeline.from_pretrained(named_run)
+    with torch.no_grad():  # push the decoder output far outside [0, 1]
+        pipe.tokenizer.decoder.conv_out.bias.fill_(50.0)
+    codes = torch.zeros(2, 4, 4, dtype=torch.long)
+    for out in (pipe.tokenizer.decode(codes), pipe.decode(codes)):
+        assert float(out.min()) >= 0 and float(out.max()) <= 1 and not out.requires_grad
+    assert not any(p.requires_grad for p in pipe.prior.parameters())
+
+
+def test_generation_is_batch_size_invariant(named_run):
+    pipe = GenerationPipeline.from_pretrained(named_run)
+    a = pipe.generate(16, labels="Dress", seed=0, batch_size=4, progress=True)
+    assert torch.equal(a, pipe.generate(16, labels="Dress", seed=0, batch_size=16))
+    assert torch.equal(a, pipe.generate(16, labels=3, seed=0))
+    assert not torch.equal(a, pipe.generate(16, labels=3, seed=1))

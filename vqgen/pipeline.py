@@ -1,11 +1,16 @@
 """End-to-end generation: a trained tokenizer plus a trained prior.
 
     pipe = GenerationPipeline.from_pretrained("runs/image")   # holds tokenizer/ and prior/
-    images = pipe.generate(16, labels=3, seed=0, temperature=0.9)   # (16, C, H, W) in [0, 1]
-    pipe.save(images, "out/")                                  # grid.png + 0000.png ...
+    images = pipe.generate(16, labels="Dress", seed=0)         # (16, C, H, W) in [0, 1]
+    pipe.save(images, "out/", labels="Dress")                  # grid.png (+ grid.json) + 0000.png ...
 
 Outputs per modality: images ``(n, C, H, W)`` float in [0, 1]; waveforms ``(n, 1, T)`` float
 in [-1, 1] at the tokenizer's rate; text ``list[str]``.
+
+Class names: a pipeline knows them from the prior's config (``id2label``), from ``labels.json``
+in the run directory (``{"0": "T-shirt/top", ...}``, written by :func:`write_labels` and by
+``save_pretrained``), or from the ``id2label`` argument; ``labels`` may then be names, ids or a
+mix, everywhere (API, CLI, report).
 """
 from __future__ import annotations
 
@@ -19,6 +24,10 @@ from typing import Any, Sequence
 import torch
 
 from .modeling import CONFIG_NAME, ConfigModel, atomic_write, atomic_write_text
+from .progress import progress_bar
+
+LABELS_NAME = "labels.json"
+Labels = Any  # int | str | Sequence[int | str] | torch.Tensor | None
 
 # model_type -> "module:Class"; resolved lazily so that a run dir names its own classes.
 MODEL_CLASSES = {
@@ -62,15 +71,116 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
-class GenerationPipeline:
-    """Tokenizer + prior. ``generate`` samples codes with the prior and decodes them."""
+def write_labels(run_dir: str | os.PathLike, id2label: dict[int, str] | Sequence[str]) -> Path:
+    """Write class names to ``run_dir/labels.json`` as ``{"0": name, ...}`` (atomically);
+    ``id2label`` is a dict or a list of names in label order. Returns the path."""
+    if not isinstance(id2label, dict):
+        id2label = dict(enumerate(id2label))
+    path = Path(run_dir) / LABELS_NAME
+    atomic_write_text(path, json.dumps({str(int(k)): str(v) for k, v in id2label.items()},
+                                       indent=2, ensure_ascii=False) + "\n")
+    return path
 
-    def __init__(self, tokenizer: ConfigModel, prior: ConfigModel):
+
+def read_labels(run_dir: str | os.PathLike) -> dict[int, str] | None:
+    """Class names from ``run_dir/labels.json`` as ``{id: name}``, or None when absent.
+    Raises ``ValueError`` for a file that is not a JSON object of ``"id": "name"``."""
+    path = Path(run_dir) / LABELS_NAME
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return {int(k): str(v) for k, v in raw.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(f"{path}: expected a JSON object {{\"0\": \"class name\", ...}}") from None
+
+
+def _check_kinds(tokenizer: Any, prior: Any) -> None:
+    """``ValueError`` unless ``tokenizer`` is a Tokenizer and ``prior`` a Prior (e.g. a run dir
+    with ``tokenizer/`` and ``prior/`` swapped)."""
+    from .priors.base import Prior
+    from .tokenizers.base import Tokenizer
+    for model, cls, role in ((tokenizer, Tokenizer, "tokenizer"), (prior, Prior, "prior")):
+        if not isinstance(model, cls):
+            raise ValueError(f"expected a {cls.__name__} as the {role}, got a {type(model).__name__}")
+
+
+def _check_generate_args(n: Any, seed: Any, batch_size: Any) -> None:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if not is_int(n) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if seed is not None and not (is_int(seed) and -2**63 <= seed < 2**64):
+        raise ValueError(f"seed must be None or an int in [-2**63, 2**64), got {seed!r}")
+    if batch_size is not None and (not is_int(batch_size) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+
+
+class GenerationPipeline:
+    """Tokenizer + prior. ``generate`` samples codes with the prior and decodes them.
+
+    ``id2label`` (optional) names the prior's classes; by default they come from the prior's
+    config (``prior.config.id2label``) when it has them.
+    """
+
+    def __init__(self, tokenizer: ConfigModel, prior: ConfigModel,
+                 id2label: dict[int, str] | Sequence[str] | None = None):
+        _check_kinds(tokenizer, prior)
         if prior.codebook_size != tokenizer.codebook_size:
             raise ValueError(f"prior codebook_size {prior.codebook_size} does not match the "
                              f"tokenizer's {tokenizer.codebook_size}")
         self.tokenizer = tokenizer
         self.prior = prior
+        if id2label is not None and not isinstance(id2label, dict):
+            id2label = dict(enumerate(id2label))
+        self._id2label = {int(k): str(v) for k, v in id2label.items()} if id2label else None
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """``{class id: name}``, or None when the classes have no names."""
+        if self._id2label:
+            return self._id2label
+        names = getattr(self.prior.config, "id2label", None)
+        return {int(k): str(v) for k, v in names.items()} if names else None
+
+    def label_ids(self, labels: Labels, n: int) -> torch.Tensor | None:
+        """``labels`` (an int, a class name, a list mixing both, or a tensor) as LongTensor
+        ``(n,)``, or None. Raises ``ValueError`` for an unknown name (listing the valid ones),
+        a name when the classes have no names, or a count other than 1 or ``n``."""
+        if labels is None:
+            return None
+        if isinstance(labels, torch.Tensor):
+            ids = labels.long().cpu()
+        else:
+            items = [labels] if isinstance(labels, (int, str)) else list(labels)
+            ids = torch.tensor([self._label_id(v) for v in items], dtype=torch.long)
+            if isinstance(labels, (int, str)):
+                ids = ids[0]
+        ids = ids.expand(n) if ids.dim() == 0 else ids
+        if ids.shape != (n,):
+            raise ValueError(f"expected one label or {n} labels, got shape {tuple(ids.shape)}")
+        return ids
+
+    def _label_id(self, value: Any) -> int:
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            names = self.id2label
+            if not names:
+                raise ValueError(f"label {value!r} is a name, but this prior's classes have no "
+                                 f"names (no id2label, no {LABELS_NAME}); use class ids")
+            ids = {name: i for i, name in names.items()}
+            if value not in ids:
+                raise ValueError(f"unknown class name {value!r}; expected one of "
+                                 f"{list(ids)} (or an id in [0, {len(names)}))")
+            return ids[value]
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a class id or name, got {value!r}") from None
+
+    def label_names(self, ids: torch.Tensor | Sequence[int]) -> list[str]:
+        """Names of class ids (the id itself as text when the classes have no names)."""
+        names = self.id2label or {}
+        return [names.get(int(i), str(int(i))) for i in ids]
 
     @property
     def device(self) -> torch.device:
@@ -83,39 +193,46 @@ class GenerationPipeline:
 
     # ------------------------------------------------------------------- persistence
     def save_pretrained(self, run_dir: str | os.PathLike) -> Path:
+        """Write ``run_dir/tokenizer``, ``run_dir/prior`` and, when the classes have names,
+        ``run_dir/labels.json``."""
         run_dir = Path(run_dir)
         self.tokenizer.save_pretrained(run_dir / "tokenizer")
         self.prior.save_pretrained(run_dir / "prior")
+        if self.id2label:
+            write_labels(run_dir, self.id2label)
         return run_dir
 
     @classmethod
     def from_pretrained(cls, run_dir: str | os.PathLike, map_location: str | torch.device = "cpu",
                         prior_dir: str = "prior") -> "GenerationPipeline":
-        """Load ``run_dir/tokenizer`` and ``run_dir/<prior_dir>`` (eval mode)."""
+        """Load ``run_dir/tokenizer`` and ``run_dir/<prior_dir>`` (eval mode, gradients off)
+        and the class names of ``run_dir/labels.json`` when the prior has none."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run directory at {run_dir}")
-        return cls(load_model(run_dir / "tokenizer", map_location),
-                   load_model(run_dir / prior_dir, map_location))
+        tokenizer = load_model(run_dir / "tokenizer", map_location).requires_grad_(False)
+        prior = load_model(run_dir / prior_dir, map_location).requires_grad_(False)
+        return cls(tokenizer, prior, id2label=read_labels(run_dir))
 
     # ------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, n: int, labels: int | Sequence[int] | torch.Tensor | None = None,
-                 seed: int | None = None, batch_size: int | None = None,
+    def generate(self, n: int, labels: Labels = None, seed: int | None = None,
+                 batch_size: int | None = None, progress: bool = False,
                  **sampling: Any) -> torch.Tensor | list[str]:
-        """Sample ``n`` outputs. ``labels``: one int for all, or ``n`` ints (class-conditional
-        priors). ``sampling``: temperature, top_k, top_p, cfg_scale. Same seed, same output."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        """Sample ``n`` outputs, ``batch_size`` at a time (default all at once).
+
+        ``labels``: one class id or name for all, or ``n`` of them (class-conditional priors);
+        see :meth:`label_ids`. ``sampling``: temperature, top_k, top_p, cfg_scale. ``seed``
+        seeds one generator that the batches draw from in turn, so the same seed gives the same
+        output (and, with a prior that samples per-sample streams, whatever ``batch_size``).
+        ``progress`` shows a bar over the batches.
+        """
+        _check_generate_args(n, seed, batch_size)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        if labels is not None:
-            labels = torch.as_tensor(labels)
-            labels = labels.expand(n) if labels.dim() == 0 else labels
-            if labels.shape != (n,):
-                raise ValueError(f"expected one label or {n} labels, got shape {tuple(labels.shape)}")
+        labels = self.label_ids(labels, n)
         batch_size = batch_size or n
         outs = []
-        for start in range(0, n, batch_size):
+        for start in progress_bar(range(0, n, batch_size), desc=f"sample {n}", enabled=progress):
             m = min(batch_size, n - start)
             lab = None if labels is None else labels[start:start + m].to(self.device)
             codes = self.prior.generate(m, labels=lab, generator=generator, **sampling)
@@ -133,9 +250,14 @@ class GenerationPipeline:
         return out
 
     def save(self, samples: torch.Tensor | list[str], out_dir: str | os.PathLike,
-             nrow: int | None = None, prefix: str = "") -> list[Path]:
+             nrow: int | None = None, prefix: str = "", labels: Labels = None) -> list[Path]:
         """Write samples: images -> ``grid.png`` + one PNG each; waveforms -> WAVs; text ->
-        ``samples.txt``. Returns the written paths."""
+        ``samples.txt``. Returns the written paths.
+
+        ``labels`` (as given to :meth:`generate`) adds ``grid.json`` beside the grid, the
+        report's sidecar: a caption naming the classes and, when every grid row holds one class,
+        the class name of each row.
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
@@ -150,6 +272,8 @@ class GenerationPipeline:
             grid = out_dir / f"{prefix}grid.png"
             save_png(image_grid(samples, nrow), grid)
             written.append(grid)
+            if labels is not None:
+                written.append(self._save_grid_labels(grid, labels, len(samples), nrow))
             for i, img in enumerate(samples):
                 path = out_dir / f"{prefix}{i:04d}.png"
                 save_png(img, path)
@@ -166,3 +290,17 @@ class GenerationPipeline:
             return written
         raise ValueError(f"expected images (n, C, H, W) or waveforms (n, 1, T), "
                          f"got shape {tuple(samples.shape)}")
+
+    def _save_grid_labels(self, grid: Path, labels: Labels, n: int, nrow: int) -> Path:
+        """Write ``<grid>.json`` (caption, and row names when each row is one class)."""
+        names = self.label_names(self.label_ids(labels, n))
+        rows = [names[i:i + nrow] for i in range(0, n, nrow)]
+        meta: dict[str, Any] = {"pad": 2}
+        if all(len(set(r)) == 1 for r in rows):
+            meta["rows"] = [r[0] for r in rows]
+        distinct = list(dict.fromkeys(names))
+        meta["caption"] = (f"{n} samples of class {distinct[0]}" if len(distinct) == 1 else
+                           f"{n} samples of classes {', '.join(distinct)}")
+        path = grid.with_suffix(".json")
+        atomic_write_text(path, json.dumps(meta, ensure_ascii=False) + "\n")
+        return path

@@ -180,8 +180,9 @@ class ImageTokenizer(Tokenizer):
 
     Inputs are images ``(B, in_channels, H, W)``, float in [0, 1] or uint8 (divided by 255), with
     ``H`` and ``W`` multiples of ``downsample`` (any such size works, not only ``image_size``).
-    Codes are LongTensors ``(B, h, w)`` (one codebook) or ``(B, Q, h, w)``. Reconstructions are
-    float ``(B, C, H, W)`` in roughly [0, 1], *not* clamped (clamp before saving/scoring if needed).
+    Codes are LongTensors ``(B, h, w)`` (one codebook) or ``(B, Q, h, w)``. ``decode`` gives
+    float ``(B, C, H, W)`` clamped to [0, 1] without gradients; ``forward``'s ``recon`` is
+    unclamped (it is trained on).
 
     Errors (``ValueError`` naming expected and actual): input not a 4-D tensor, wrong channel count,
     ``H``/``W`` not divisible by ``downsample``, an empty batch, a dtype other than float/uint8,
@@ -256,9 +257,15 @@ class ImageTokenizer(Tokenizer):
             x = x.float() / 255.0
         elif not x.is_floating_point():
             raise ValueError(f"expected float images in [0, 1] or uint8, got dtype {x.dtype}")
-        elif not bool(torch.isfinite(x).all()):  # one host sync
-            raise ValueError(f"expected finite pixel values, got "
-                             f"{int((~torch.isfinite(x)).sum())} NaN/inf value(s)")
+        else:
+            lo, hi = torch.aminmax(x.detach())
+            lo, hi = float(lo), float(hi)          # NaN propagates into both; one host sync
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"expected finite pixel values, got "
+                                 f"{int((~torch.isfinite(x)).sum())} NaN/inf value(s)")
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(f"expected float images in [0, 1] (or uint8), got values in "
+                                 f"[{lo:.4g}, {hi:.4g}]{' (0..255? divide by 255)' if hi > 2 else ''}")
         x = x.to(self.encoder.conv_in.weight.dtype) * 2.0 - 1.0  # (B, C, H, W) in [-1, 1]
         return x.contiguous(memory_format=torch.channels_last)
 
@@ -291,12 +298,11 @@ class ImageTokenizer(Tokenizer):
         codes = self.quantizer.encode(self._latents(x))  # (B, h, w) or (B, h, w, Q)
         return codes if codes.dim() == 3 else codes.permute(0, 3, 1, 2).contiguous()
 
+    @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
-        """Codes ``(B, h, w)`` / ``(B, Q, h, w)`` -> float images ``(B, C, h * d, w * d)``.
-
-        Values are roughly in [0, 1] and not clamped.
-        """
-        return self._decode_latents(self.quantizer.decode(self._prepare_codes(codes)))
+        """Codes ``(B, h, w)`` / ``(B, Q, h, w)`` -> float images ``(B, C, h * d, w * d)`` in
+        [0, 1] (clamped), without gradients (training goes through :meth:`forward`)."""
+        return self._decode_latents(self.quantizer.decode(self._prepare_codes(codes))).clamp(0, 1)
 
     def forward(self, x: Tensor) -> TokenizerOutput:
         """Reconstruct ``x`` ``(B, C, H, W)`` through the quantizer (training entry point).
