@@ -120,6 +120,10 @@ class TrainConfig:
              "grad_clip", "None or a number > 0")
         need(isinstance(self.betas, tuple) and len(self.betas) == 2
              and all(_is_number(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+        if self.warmup_steps >= self.steps:  # legal, but the run never reaches its peak LR
+            warnings.warn(f"TrainConfig: warmup_steps={self.warmup_steps} >= steps={self.steps}: "
+                          f"the whole run stays in LR warmup (lr never reaches {self.lr}); "
+                          f"lower warmup_steps", UserWarning, stacklevel=3)
 
 
 @dataclass

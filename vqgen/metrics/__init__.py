@@ -18,10 +18,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..modeling import atomic_write, atomic_write_text
+from ..progress import progress_bar
+from .glossary import describe_metric, overfitting_warning
 
 __all__ = ["psnr", "ssim", "codebook_stats", "bits_per_code", "ImageClassifier",
            "train_classifier", "class_accuracy", "frechet_distance", "token_accuracy",
-           "exact_match"]
+           "exact_match", "describe_metric", "overfitting_warning"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -184,15 +186,17 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
                      test_y: torch.Tensor, steps: int = 1000, batch_size: int = 128,
                      device: str | torch.device = "cpu", cache_path: str | Path | None = None,
                      lr: float = 2e-3, width: int = 32, seed: int = 0,
-                     num_classes: int | None = None) -> tuple[ImageClassifier, float]:
+                     num_classes: int | None = None,
+                     progress: bool = False) -> tuple[ImageClassifier, float]:
     """Train an :class:`ImageClassifier` with AdamW (cosine LR, light shift augmentation).
 
     ``train_x``/``test_x``: images ``(N, C, H, W)`` (uint8 or float in [0, 1]); ``train_y``/
     ``test_y``: int labels ``(N,)``. With ``cache_path`` (a ``.safetensors`` file) a matching
     cached model is loaded instead of training; otherwise the trained weights are written there
     with a ``.json`` beside it holding the test accuracy (the cache matches on image geometry,
-    class and train-set counts and every hyper-parameter; anything else retrains). Returns ``(model in eval mode,
-    test accuracy in [0, 1])``. Raises ``ValueError`` on shape/label mismatches.
+    class and train-set counts and every hyper-parameter; anything else retrains). ``progress``
+    shows a bar over the training steps. Returns ``(model in eval mode, test accuracy in
+    [0, 1])``. Raises ``ValueError`` on shape/label mismatches.
     """
     for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
         if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
@@ -230,7 +234,8 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     # so the classifier, and every accuracy/FD scored with it, depends on nothing but `seed`
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for _ in range(steps):
+        bar = progress_bar(range(steps), desc="classifier", enabled=progress)
+        for _ in bar:
             idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
             x = _as_float_images(train_x[idx]).to(device)  # (B, C, H, W)
             y = train_y[idx].long().to(device)
@@ -241,6 +246,8 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
             loss.backward()
             opt.step()
             sched.step()
+            if bar.n % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     acc = class_accuracy(test_x, test_y, model)
     if cache_path is not None:
