@@ -14,6 +14,7 @@ User mistakes (bad paths, bad values, corrupt checkpoints) print one line on std
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -30,15 +31,61 @@ def _labels(text: str | None):
     return values[0] if len(values) == 1 else values
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _read_image(path: str):
+    """One image file as a numpy array; ``ValueError`` for an empty, truncated or non-image file."""
+    import numpy as np
+    from PIL import Image
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no image file at {path}")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError, truncated data
+        raise ValueError(f"expected an image file (PNG, JPEG, ...) at {path}, could not read it: {e}") from None
+
+
+def _out_file(path: str) -> str:
+    if Path(path).is_dir():
+        raise ValueError(f"--out must be a file path, got the directory {path}")
+    return path
+
+
+def _out_dir(path: str) -> str:
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"--out must be a directory, got the existing file {path}")
+    return path
+
+
+def _load(directory: str, kind: str):
+    """Load a model directory that must hold a ``kind`` ("tokenizer" or "prior")."""
+    from .pipeline import load_model
+    from .priors.base import Prior
+    from .tokenizers.base import Tokenizer
+    model = load_model(directory)
+    expected = {"tokenizer": Tokenizer, "prior": Prior}[kind]
+    if not isinstance(model, expected):
+        raise ValueError(f"expected a {kind} directory at {directory}, "
+                         f"got a {type(model).__name__}")
+    return model
+
+
 def _image_files(paths: list[str]):
     import numpy as np
     import torch
-    from PIL import Image
     arrays = []
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"no image file at {p}")
-        img = np.asarray(Image.open(p))
+        img = _read_image(p)
         arrays.append(img[None] if img.ndim == 2 else img.transpose(2, 0, 1))
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
@@ -54,15 +101,38 @@ def cmd_data_prepare(args) -> None:
 
 
 def _train_config(args, **extra):
+    """The TrainConfig of ``vqgen train``; seeds torch with ``--seed`` (as the recipes do) so
+    that the model built next starts from the same weights every time."""
+    import torch
+
     from .modeling import build_config
     from .training import TrainConfig
+    every = args.checkpoint_every or max(1, min(100, args.steps // 10))
     values = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
               "device": args.device, "seed": args.seed,
               "warmup_steps": min(100, max(1, args.steps // 10)),
-              "eval_every": args.steps, "checkpoint_every": max(1, min(500, args.steps))}
-    return build_config(TrainConfig, values, **extra)
+              "eval_every": args.steps, "checkpoint_every": every}
+    config = build_config(TrainConfig, values, **extra)
+    torch.manual_seed(config.seed)
+    return config
 
 
+def _locking_run_dir(must_exist: bool):
+    """Decorator: hold the run directory's lock for the whole command, so a second writer
+    fails before loading anything (``train`` takes the same, re-entrant lock)."""
+    def wrap(cmd):
+        @functools.wraps(cmd)
+        def run(args) -> None:
+            from .runs import run_lock
+            if must_exist and not Path(args.run_dir).is_dir():
+                raise FileNotFoundError(f"no run directory at {args.run_dir}")
+            with run_lock(args.run_dir):
+                cmd(args)
+        return run
+    return wrap
+
+
+@_locking_run_dir(must_exist=False)
 def cmd_train_tokenizer(args) -> None:
     from torch.utils.data import TensorDataset
 
@@ -70,27 +140,30 @@ def cmd_train_tokenizer(args) -> None:
     from .data.images import load_image_dataset
     from .tokenizers import image as image_tokenizers
     from .training import train
+    config = _train_config(args)
     data = load_image_dataset(args.dataset, root=args.root, limit=args.limit)
     preset = getattr(image_tokenizers, args.preset, None)
     if not args.preset.startswith("image_tokenizer") or not callable(preset):
         raise ValueError(f"unknown tokenizer preset {args.preset!r}; expected a function "
                          f"image_tokenizer_* in vqgen.tokenizers.image")
     model = preset(in_channels=data.train_x.shape[1], **parse_overrides(args.overrides))
-    result = train(model, TensorDataset(data.train_x), args.run_dir, _train_config(args),
+    result = train(model, TensorDataset(data.train_x), args.run_dir, config,
                    component="tokenizer", step_fn=lambda m, b: (lambda o: (o.loss, o.metrics))(m(b[0])))
     print(f"trained tokenizer for {result.steps} steps in {result.seconds:.1f}s -> {args.run_dir}/tokenizer")
 
 
+@_locking_run_dir(must_exist=True)
 def cmd_train_prior(args) -> None:
     from torch.utils.data import TensorDataset
 
     from .config import parse_overrides
     from .data.codes import encode_cached
     from .data.images import load_image_dataset
-    from .pipeline import MODEL_CLASSES, load_model
+    from .pipeline import MODEL_CLASSES
     from .training import resolve_device, train
     run_dir = Path(args.run_dir)
-    tokenizer = load_model(run_dir / "tokenizer")
+    config = _train_config(args)
+    tokenizer = _load(run_dir / "tokenizer", "tokenizer")
     data = load_image_dataset(args.dataset, root=args.root, limit=args.limit)
     codes = encode_cached(tokenizer, run_dir / "tokenizer", "train", data.train_x, run_dir / "codes",
                           device=resolve_device(args.device))
@@ -100,7 +173,7 @@ def cmd_train_prior(args) -> None:
     cls = getattr(importlib.import_module(module), cls_name)
     prior = cls.from_config(codebook_size=tokenizer.codebook_size, code_shape=tuple(codes.shape[1:]),
                             num_classes=len(data.classes), **parse_overrides(args.overrides))
-    result = train(prior, TensorDataset(codes, data.train_y), run_dir, _train_config(args),
+    result = train(prior, TensorDataset(codes, data.train_y), run_dir, config,
                    component="prior", step_fn=lambda m, b: (m.loss(b[0], b[1]), {}))
     print(f"trained {args.prior} prior for {result.steps} steps in {result.seconds:.1f}s -> {run_dir}/prior")
 
@@ -109,10 +182,10 @@ def cmd_encode(args) -> None:
     from safetensors.torch import save_file
 
     from .modeling import atomic_write
-    from .pipeline import load_model
-    tokenizer = load_model(args.tokenizer)
+    out = _out_file(args.out)
+    tokenizer = _load(args.tokenizer, "tokenizer")
     codes = tokenizer.encode(_image_files(args.inputs)).contiguous()
-    atomic_write(args.out, lambda tmp: save_file({"codes": codes}, tmp))
+    atomic_write(out, lambda tmp: save_file({"codes": codes}, tmp))
     print(f"encoded {len(args.inputs)} image(s) to codes {tuple(codes.shape)} -> {args.out}")
 
 
@@ -120,14 +193,18 @@ def cmd_decode(args) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .pipeline import GenerationPipeline, load_model
-    tokenizer = load_model(args.tokenizer)
+    from .pipeline import GenerationPipeline
+    _out_dir(args.out)
+    tokenizer = _load(args.tokenizer, "tokenizer")
     if not Path(args.codes).is_file():
         raise FileNotFoundError(f"no codes file at {args.codes}")
     try:
         codes = load_file(args.codes)["codes"]
     except (SafetensorError, KeyError, OSError) as e:
         raise ValueError(f"expected a safetensors file with a 'codes' tensor at {args.codes}: {e}") from None
+    if codes.dim() == 0 or codes.shape[0] == 0:
+        raise ValueError(f"expected codes for at least one image in {args.codes}, got shape "
+                         f"{tuple(codes.shape)}")
     images = tokenizer.decode(codes).clamp(0, 1)
     # GenerationPipeline.save only needs the tokenizer for audio; images need no prior.
     paths = GenerationPipeline.save(GenerationPipeline.__new__(GenerationPipeline), images, args.out)
@@ -137,6 +214,7 @@ def cmd_decode(args) -> None:
 def cmd_generate(args) -> None:
     from .pipeline import GenerationPipeline
     from .training import resolve_device
+    _out_dir(args.out)
     pipe = GenerationPipeline.from_pretrained(args.run_dir, map_location=resolve_device(args.device))
     samples = pipe.generate(args.n, labels=_labels(args.labels), seed=args.seed,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -188,12 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("run_dir" if stage == "prior" else "--run-dir", **({} if stage == "prior" else {"required": True}))
         s.add_argument("--dataset", default="fashion-mnist")
         s.add_argument("--root", default="data")
-        s.add_argument("--limit", type=int, default=None, help="first N training items")
+        s.add_argument("--limit", type=_positive_int, default=None, help="first N training items")
         s.add_argument("--steps", type=int, default=1000)
         s.add_argument("--batch-size", type=int, default=128)
         s.add_argument("--lr", type=float, default=1e-3 if stage == "tokenizer" else 5e-4)
         s.add_argument("--device", default="auto")
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                       help="write a resumable checkpoint every N steps (default: steps/10, "
+                            "at most 100, and always at the end)")
         if stage == "tokenizer":
             s.add_argument("--preset", default="image_tokenizer_28x28_gray")
         else:
@@ -230,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--dataset", default="fashion-mnist")
     ev.add_argument("--root", default="data")
-    ev.add_argument("--limit", type=int, default=None)
+    ev.add_argument("--limit", type=_positive_int, default=None)
     ev.set_defaults(func=cmd_evaluate)
 
     rep = sub.add_parser("report", help="write RUN_DIR/report.html")
@@ -247,20 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    try:
-        args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"vqgen: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vqgen: interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as e:  # e.g. TrainingDivergedError: a one-line message, not a traceback
-        if type(e).__name__ != "TrainingDivergedError":
-            raise
-        print(f"vqgen: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    from .runs import run_main
+    return run_main(args.func, args, prog="vqgen")
 
 
 if __name__ == "__main__":

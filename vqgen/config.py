@@ -4,7 +4,10 @@ A recipe config is a nested mapping. Its optional ``presets`` section maps a pre
 (``quick``, ``full``) to a partial mapping merged over the base. Overrides use dotted keys
 (``tokenizer_train.steps=200``) and YAML values (``prior=pixelcnn``, ``sampling.top_k=null``).
 A key that is not in the resolved config raises ``ValueError`` naming the known keys, except
-below mappings declared open with ``open_keys`` (free-form model overrides).
+below mappings declared open with ``open_keys`` (free-form model overrides), and so does a value
+of the wrong kind (``tokenizer_train=5`` where a mapping belongs, ``steps=abc`` where a number
+does). Recipes then call :func:`vqgen.runs.start_run` (config checks, run-dir lock, config.yaml)
+and :func:`vqgen.runs.run_main` (user mistakes as one line, exit 2).
 """
 from __future__ import annotations
 
@@ -18,13 +21,40 @@ import yaml
 from .modeling import atomic_write_text
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _checked_value(key: str, old: Any, new: Any) -> Any:
+    """``new`` if it has the kind of value ``old`` has (mapping, list, bool, number; None and
+    strings take anything); a string that reads as a number where a number is expected (YAML
+    reads ``1e-3`` as a string) becomes that number. Else ``ValueError`` naming both."""
+    kinds = ((dict, "a mapping"), (list, "a list"), (bool, "true/false"))
+    for kind, name in kinds:
+        if isinstance(old, kind) and not isinstance(new, kind):
+            raise ValueError(f"config key {key!r} expects {name}, got {new!r}")
+        if isinstance(new, kind) and old is not None and not isinstance(old, kind):
+            raise ValueError(f"config key {key!r} expects a value like {old!r}, got {new!r}")
+    if _is_number(old) and not _is_number(new) and new is not None:
+        try:
+            return float(new)
+        except (TypeError, ValueError):
+            raise ValueError(f"config key {key!r} expects a number, got {new!r}") from None
+    return new
+
+
 def _merge(base: dict, update: dict, path: str = "", open_keys: Iterable[str] = ()) -> dict:
+    """``base`` updated by ``update`` (recursively); unknown keys and values of the wrong kind
+    (e.g. ``tokenizer_train=5`` where a mapping belongs) raise ``ValueError``."""
     out = copy.deepcopy(base)
+    is_open = path.rstrip(".") in open_keys
     for key, value in update.items():
         full = f"{path}{key}"
-        if key not in out and path.rstrip(".") not in open_keys:
+        if key not in out and not is_open:
             raise ValueError(f"unknown config key {full!r}; expected one of "
                              f"{sorted(f'{path}{k}' for k in out)}")
+        if key in out and not is_open:
+            value = _checked_value(full, out[key], value)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, f"{full}.", open_keys)
         else:
