@@ -250,8 +250,15 @@ def cmd_report(args) -> None:
 
 
 # --------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr (plus where to get help), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vqgen", description="VQ-VAE tokenizers and discrete priors.")
+    p = _Parser(prog="vqgen", description="VQ-VAE tokenizers and discrete priors.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="action", required=True)
