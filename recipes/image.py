@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from vqgen import metrics as M
-from vqgen.config import load_config, save_config
+from vqgen.config import load_config
 from vqgen.data.codes import encode_batches, encode_cached
 from vqgen.data.images import load_image_dataset
 from vqgen.modeling import atomic_write_text, build_config
@@ -32,6 +32,7 @@ from vqgen.pipeline import GenerationPipeline, image_grid, save_png
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
 from vqgen.report import write_report
+from vqgen.runs import run_main, start_run
 from vqgen.tokenizers import image as image_tokenizers
 from vqgen.tokenizers.image import ImageTokenizer
 from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
@@ -62,9 +63,7 @@ def main(argv=None) -> dict:
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
     main_rank = is_main_process()
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 
@@ -178,8 +177,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, prog="image.py"))  # user mistakes: one line, exit 2

@@ -170,8 +170,9 @@ def start_run(run_dir: str | os.PathLike, config: dict, main: bool = True,
     return run_dir
 
 
-def _finish_runs(failed: bool) -> None:
-    while _started:
+def _finish_runs(failed: bool, keep: int = 0) -> None:
+    """Close the runs :func:`start_run` opened after the first ``keep``."""
+    while len(_started) > keep:
         run_dir, existed = _started.pop()
         if failed and not _has_checkpoint(run_dir):
             with contextlib.suppress(OSError):
@@ -219,7 +220,7 @@ def user_error_message(exc: BaseException) -> str | None:
 def run_main(fn: Callable[..., Any], *args: Any, prog: str = "vqgen") -> int:
     """Call ``fn(*args)``; return 0, or 2 after printing one line for a user mistake, or 130
     on Ctrl-C. Runs opened by :func:`start_run` are closed (see there). Bugs propagate."""
-    failed = True
+    failed, before = True, len(_started)
     try:
         fn(*args)
         failed = False
@@ -233,5 +234,5 @@ def run_main(fn: Callable[..., Any], *args: Any, prog: str = "vqgen") -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     finally:
-        _finish_runs(failed)
+        _finish_runs(failed, keep=before)
     return 0

@@ -186,7 +186,8 @@ class ImageTokenizer(Tokenizer):
 
     Errors (``ValueError`` naming expected and actual): input not a 4-D tensor, wrong channel count,
     ``H``/``W`` not divisible by ``downsample``, an empty batch, a dtype other than float/uint8,
-    NaN/inf values; codes of the wrong rank/levels, non-integer or out of ``[0, codebook_size)``.
+    NaN/inf values, float values outside [0, 1] (e.g. 0..255); codes of the wrong rank/levels,
+    non-integer or out of ``[0, codebook_size)``.
     """
 
     config_class = ImageTokenizerConfig
