@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..modeling import atomic_write, atomic_write_text
+from ..progress import progress_bar
 from . import _Features
 
 __all__ = ["AudioClassifier", "LogMel", "train_audio_classifier", "audio_class_accuracy",
@@ -165,7 +165,7 @@ def train_audio_classifier(train, test, num_classes: int | None = None, steps: i
     labels = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout noise
-        for _ in tqdm(range(steps), desc="audio classifier", disable=not progress, leave=False):
+        for _ in progress_bar(range(steps), desc="audio classifier", enabled=progress):
             idx = torch.randint(0, len(train), (batch_size,), generator=gen)
             x = crop_clips(train, crop, centre=False, generator=gen, index=idx)  # (B, 1, crop)
             gain = 10 ** (torch.empty(batch_size, 1, 1).uniform_(-6, 6, generator=gen) / 20)

@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .base import Prior, cfg_combine, normalize_id2label, resolve_layout, sample_logits
 
 LAYOUTS = ("raster", "frames")
@@ -371,7 +371,7 @@ class PixelCNNPrior(Prior):
         grid = torch.zeros(batch, H, W, dtype=torch.long, device=device)
         pick = functools.partial(self._pick, guided=guided, cfg_scale=cfg_scale,
                                  temperature=temperature, top_k=top_k, top_p=top_p)
-        rows = tqdm(range(H), desc="sample", leave=False, disable=not progress or H < 2)
+        rows = progress_bar(range(H), desc="sample", enabled=progress and H > 1)
         if naive:
             for r in rows:
                 for c in range(W):

@@ -35,10 +35,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .base import Prior, cfg_combine, normalize_id2label, resolve_layout, sample_logits
 from .decoding import CACHE_IMPLEMENTATIONS, make_decoder, resolve_cache_implementation, run_backbone
 
@@ -363,7 +362,7 @@ class TransformerPrior(Prior):
         seq = torch.zeros(m, self.seq_len, dtype=torch.long, device=device)   # raster/frames
         tokens = self._start_tokens(net_labels, rows, device)[:, None]       # (rows, P) fed next
         step = make_decoder(self, self.lm.model, impl, rows, self.seq_len, device)
-        for s in tqdm(range(self.seq_len), desc="sample", leave=False, disable=not progress):
+        for s in progress_bar(range(self.seq_len), desc="sample", enabled=progress):
             hidden = step(s, self._embed(tokens[:, None]))                     # (rows, H)
             levels = self._step_levels(s)
             logits = torch.einsum("rh,lkh->rlk", hidden, weight[levels])       # (rows, L, K)
