@@ -8,16 +8,23 @@
     python recipes/image.py --preset quick prior=pixelcnn name=image-pixelcnn
     torchrun --nproc_per_node=2 recipes/image.py --preset full   # DDP
 
-Everything lands in ``runs/<name>/``: config.yaml, tokenizer/, prior/, train_state_*.pt,
-logs/*.jsonl, codes/, samples/*.png, metrics.json and report.html. Re-running resumes.
+    python recipes/image.py --preset quick dataset=folder:/path/to/images   # your own images
+
+Everything lands in ``runs/<name>/``: config.yaml, labels.json (class names), tokenizer/, prior/,
+train_state_*.pt, logs/*.jsonl, codes/, samples/*.png (+ .json sidecars naming grid rows and
+columns), metrics.json and report.html (self-contained). Re-running resumes. Under torchrun only
+rank 0 prints.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,10 +32,11 @@ from torch.utils.data import TensorDataset
 
 from vqgen import metrics as M
 from vqgen.config import load_config
-from vqgen.data.codes import encode_batches, encode_cached
+from vqgen.data.codes import encode_cached
 from vqgen.data.images import load_image_dataset
 from vqgen.modeling import atomic_write_text, build_config
-from vqgen.pipeline import GenerationPipeline, image_grid, save_png
+from vqgen.pipeline import GenerationPipeline, image_grid, save_png, write_grid_info, write_labels
+from vqgen.progress import progress_bar
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
 from vqgen.report import write_report
@@ -43,11 +51,14 @@ PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
 
 def parse_args(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(HERE / "configs" / "image.yaml"))
-    p.add_argument("--preset", choices=["quick", "full"], default=None)
-    p.add_argument("--runs", default="runs", help="parent folder of run directories")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
+    p.add_argument("--config", default=str(HERE / "configs" / "image.yaml"),
+                   help="recipe YAML (default: %(default)s)")
+    p.add_argument("--preset", choices=["quick", "full"], default=None,
+                   help="quick: CPU, minutes; full: quality run (see the YAML's presets)")
+    p.add_argument("--runs", default="runs", help="parent folder of run directories (default: runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides with dotted keys, "
+                   "e.g. dataset=digits image_size=32 prior_train.steps=200")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.preset, args.overrides,
                       open_keys=("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn"))
@@ -57,25 +68,56 @@ def parse_args(argv=None) -> dict:
     return cfg
 
 
+def quiet_other_ranks(main_rank: bool) -> None:
+    """Under torchrun: framework warnings off everywhere, and ranks > 0 print nothing."""
+    if "WORLD_SIZE" not in os.environ:
+        return
+    warnings.filterwarnings("ignore", module=r"torch(\.|$)")
+    if not main_rank:
+        warnings.filterwarnings("ignore")
+        logging.disable(logging.WARNING)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
+@torch.no_grad()
+def bits_per_code(prior, codes: torch.Tensor, labels: torch.Tensor, device) -> float:
+    """Mean NLL of ``codes`` (N, *code_shape) under ``prior`` in bits per code (eval mode)."""
+    nll = sum(float(prior.nll(c.to(device), y.to(device)).sum())
+              for c, y in zip(codes.split(512), labels.split(512)))
+    return nll / (codes.numel() * math.log(2))
+
+
+def balanced_indices(labels: torch.Tensor, n: int) -> list[int]:
+    """Up to ``n`` indices cycling through the classes (class 0's first, class 1's first, ...)."""
+    per_class = [torch.nonzero(labels == c).flatten().tolist() for c in labels.unique().tolist()]
+    order = [idx[r] for r in range(max(map(len, per_class))) for idx in per_class if r < len(idx)]
+    return order[:n]
+
+
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
     dist = init_distributed()
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
     main_rank = is_main_process()
+    quiet_other_ranks(main_rank)
     start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 
     # 1. Data -------------------------------------------------------------------------------
-    data = load_image_dataset(cfg["dataset"], root=cfg["data_root"], limit=cfg["train_limit"])
+    data = load_image_dataset(cfg["dataset"], root=cfg["data_root"], limit=cfg["train_limit"],
+                              image_size=cfg["image_size"], verbose=main_rank)
     test_x, test_y = data.test_x, data.test_y
     if cfg["test_limit"]:
         test_x, test_y = test_x[:cfg["test_limit"]], test_y[:cfg["test_limit"]]
     C, H, W = data.train_x.shape[1:]
     num_classes = len(data.classes)
+    if main_rank:
+        write_labels(run_dir, data.class_names)
     print(f"data: {data.name} train {tuple(data.train_x.shape)} test {tuple(test_x.shape)} "
-          f"{num_classes} classes; device {device}; run dir {run_dir}")
+          f"{num_classes} classes ({', '.join(data.class_names[:10])}"
+          f"{', ...' if num_classes > 10 else ''}); device {device}; run dir {run_dir}")
 
     # 2. Tokenizer --------------------------------------------------------------------------
     if cfg["tokenizer_from"]:
@@ -118,16 +160,14 @@ def main(argv=None) -> dict:
     # 4. Prior ------------------------------------------------------------------------------
     prior_cls = PRIORS[cfg["prior"]]
     prior = prior_cls.from_config(codebook_size=tokenizer.codebook_size, code_shape=code_shape,
-                                  num_classes=num_classes, **cfg["prior_config"][cfg["prior"]]).to(device)
+                                  num_classes=num_classes, id2label=data.id2label,
+                                  **cfg["prior_config"][cfg["prior"]]).to(device)
 
     def prior_step(model, batch):
         return model.loss(batch[0], batch[1]), {}
 
-    @torch.no_grad()
     def prior_eval(model):
-        nll = sum(float(model.nll(c.to(device), y.to(device)).sum())
-                  for c, y in zip(test_codes.split(512), test_y.split(512)))
-        return {"test_bits_per_code": nll / (test_codes.numel() * math.log(2))}
+        return {"test_bits_per_code": bits_per_code(model, test_codes, test_y, device)}
 
     prior_cfg = build_config(TrainConfig, cfg["prior_train"], seed=cfg["seed"], device=str(device),
                              progress=cfg["progress"])
@@ -142,27 +182,45 @@ def main(argv=None) -> dict:
     samples_dir = run_dir / "samples"
     per_class = cfg["samples_per_class"]
     grid_labels = torch.arange(num_classes).repeat_interleave(per_class)
-    grid = pipe.generate(len(grid_labels), labels=grid_labels, seed=cfg["seed"], **cfg["sampling"])
-    save_png(image_grid(grid, nrow=per_class), samples_dir / f"samples_grid_{cfg['prior']}.png")
-    originals = test_x[:16].float() / 255
+    grid = pipe.generate(len(grid_labels), labels=grid_labels, seed=cfg["seed"], batch_size=64,
+                         progress=cfg["progress"], **cfg["sampling"])
+    grid_png = samples_dir / f"samples_grid_{cfg['prior']}.png"
+    save_png(image_grid(grid, nrow=per_class), grid_png)
+    write_grid_info(grid_png, f"{cfg['prior']} prior samples: one row per class, {per_class} "
+                    f"per row (seed {cfg['seed']})", rows=data.class_names)
+    shown = balanced_indices(test_y, 10 if num_classes >= 10 else 8)
+    originals = test_x[shown].float() / 255
     recon = pipe.decode(tokenizer.encode(originals.to(device)))
-    pairs = torch.stack([originals, recon], 1).flatten(0, 1)   # original, recon, original, ...
-    save_png(image_grid(pairs, nrow=8), samples_dir / "reconstructions.png")
+    recon_png = samples_dir / "reconstructions.png"
+    save_png(image_grid(torch.cat([originals, recon]), nrow=len(shown)), recon_png)
+    write_grid_info(recon_png, "held-out images (top) and their reconstructions (bottom)",
+                    rows=["original", "reconstruction"],
+                    cols=[data.class_names[int(test_y[i])] for i in shown])
 
     # 6. Evaluate ---------------------------------------------------------------------------
-    recon_all = torch.cat([pipe.decode(c.to(device)) for c in test_codes.split(512)])
+    recon_all = torch.cat([pipe.decode(c.to(device)) for c in progress_bar(
+        test_codes.split(512), desc="evaluate reconstructions", enabled=cfg["progress"])])
     real = test_x.float() / 255
     metrics = {"test_psnr": float(M.psnr(recon_all, real)), "test_ssim": float(M.ssim(recon_all, real))}
     metrics.update(M.codebook_stats(test_codes, tokenizer.codebook_size))
-    metrics["prior_bits_per_code"] = prior_eval(pipe.prior)["test_bits_per_code"]
+    metrics["prior_bits_per_code"] = bits_per_code(pipe.prior, test_codes, test_y, device)
+    n_fit = min(len(train_codes), max(len(test_codes), 1000))  # same scoring on training codes
+    metrics["prior_train_bits_per_code"] = bits_per_code(
+        pipe.prior, train_codes[:n_fit], data.train_y[:n_fit], device)
+    warning = M.overfitting_warning(metrics["prior_train_bits_per_code"],
+                                    metrics["prior_bits_per_code"], what=f"{cfg['prior']} prior")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     clf, clf_acc = M.train_classifier(
         data.train_x, data.train_y, data.test_x, data.test_y, steps=cfg["classifier"]["steps"],
-        batch_size=cfg["classifier"]["batch_size"], device=device,
+        batch_size=cfg["classifier"]["batch_size"], device=device, num_classes=num_classes,
+        progress=cfg["progress"],
         cache_path=Path(cfg["data_root"]) / data.name
         / f"classifier-n{len(data.train_x)}-s{cfg['classifier']['steps']}.safetensors")
     n_eval = cfg["num_eval_samples"]
     eval_labels = torch.arange(n_eval) % num_classes
-    fake = pipe.generate(n_eval, labels=eval_labels, seed=cfg["seed"] + 1, batch_size=500, **cfg["sampling"])
+    fake = pipe.generate(n_eval, labels=eval_labels, seed=cfg["seed"] + 1, batch_size=50,
+                         progress=cfg["progress"], **cfg["sampling"])
     metrics["sample_fid"] = float(M.frechet_distance(real[:max(n_eval, 1000)], fake, clf))
     metrics["sample_class_accuracy"] = float(M.class_accuracy(fake, eval_labels, clf))
     metrics["classifier_test_accuracy"] = float(clf_acc)

@@ -45,7 +45,13 @@ def test_recipe_writes_report_samples_and_finite_metrics(run):
     assert on_disk["device"] == "cpu"
     assert 0 < on_disk["usage"] <= 1 and on_disk["test_psnr"] > 10
     html = (run_dir / "report.html").read_text()
-    assert "test_psnr" in html and "<svg" in html and "samples/reconstructions.png" in html
+    assert "test_psnr" in html and "<svg" in html and "<figcaption>held-out images" in html
+    assert "data:image/png;base64," in html and 'src="samples/' not in html  # self-contained
+    labels = json.loads((run_dir / "labels.json").read_text())
+    assert labels["3"] == "3"  # digits: the class names are the digits
+    rows = json.loads((run_dir / "samples" / "samples_grid_transformer.json").read_text())["rows"]
+    assert rows == [str(i) for i in range(10)]
+    assert on_disk["prior_train_bits_per_code"] > 0
     assert (run_dir / "samples" / "samples_grid_transformer.png").stat().st_size > 0
     for part in ("tokenizer", "prior", "codes", "logs/tokenizer.jsonl", "logs/prior.jsonl", "config.yaml"):
         assert (run_dir / part).exists(), part

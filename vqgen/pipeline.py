@@ -116,6 +116,21 @@ def _check_generate_args(n: Any, seed: Any, batch_size: Any) -> None:
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
 
 
+def write_grid_info(png: str | os.PathLike, caption: str, rows: Sequence[str] | None = None,
+                    cols: Sequence[str] | None = None, pad: int = 2) -> Path:
+    """Write the report's sidecar ``<png stem>.json`` for an image grid made by
+    :func:`image_grid` (``pad`` pixels around each tile): a caption and optional labels, one per
+    grid row (``rows``) and per column (``cols``). Returns the sidecar's path."""
+    meta: dict[str, Any] = {"caption": caption, "pad": pad}
+    if rows:
+        meta["rows"] = [str(r) for r in rows]
+    if cols:
+        meta["cols"] = [str(c) for c in cols]
+    path = Path(png).with_suffix(".json")
+    atomic_write_text(path, json.dumps(meta, ensure_ascii=False) + "\n")
+    return path
+
+
 class GenerationPipeline:
     """Tokenizer + prior. ``generate`` samples codes with the prior and decodes them.
 
@@ -251,8 +266,9 @@ class GenerationPipeline:
 
     def save(self, samples: torch.Tensor | list[str], out_dir: str | os.PathLike,
              nrow: int | None = None, prefix: str = "", labels: Labels = None) -> list[Path]:
-        """Write samples: images -> ``grid.png`` + one PNG each; waveforms -> WAVs; text ->
-        ``samples.txt``. Returns the written paths.
+        """Write samples: images -> ``grid.png`` + one PNG each; waveforms -> one WAV and one
+        spectrogram PNG each + ``grid.png`` of all spectrograms; text -> ``samples.txt``.
+        Returns the written paths.
 
         ``labels`` (as given to :meth:`generate`) adds ``grid.json`` beside the grid, the
         report's sidecar: a caption naming the classes and, when every grid row holds one class,
@@ -280,27 +296,44 @@ class GenerationPipeline:
                 written.append(path)
             return written
         if samples.dim() == 3 and samples.shape[1] == 1:
-            import soundfile as sf
-            rate = int(getattr(self.tokenizer, "sample_rate"))
-            for i, wav in enumerate(samples):
-                path = out_dir / f"{prefix}{i:04d}.wav"
-                data = wav[0].float().clamp(-1, 1).cpu().numpy()
-                atomic_write(path, lambda tmp: sf.write(tmp, data, rate, format="WAV"))
-                written.append(path)
-            return written
+            return self._save_audio(samples, out_dir, nrow, prefix, labels)
         raise ValueError(f"expected images (n, C, H, W) or waveforms (n, 1, T), "
                          f"got shape {tuple(samples.shape)}")
+
+    def _save_audio(self, waves: torch.Tensor, out_dir: Path, nrow: int | None, prefix: str,
+                    labels: Labels) -> list[Path]:
+        """Waveforms ``(n, 1, T)`` -> ``<i>.wav`` (16-bit PCM at the tokenizer's rate) and
+        ``<i>.png`` (its log-mel spectrogram, shown beside the player in the report) per sample,
+        ``<i>.json`` captions naming the class when ``labels`` are given, and ``grid.png``: all
+        spectrograms tiled ``nrow`` per row (with ``grid.json`` row names)."""
+        import soundfile as sf
+
+        from .spectrogram import save_spectrogram_png, spectrogram_grid
+        rate = int(getattr(self.tokenizer, "sample_rate"))
+        names = None if labels is None else self.label_names(self.label_ids(labels, len(waves)))
+        written: list[Path] = []
+        for i, wav in enumerate(waves):
+            path = out_dir / f"{prefix}{i:04d}.wav"
+            data = wav[0].float().clamp(-1, 1).cpu().numpy()
+            atomic_write(path, lambda tmp: sf.write(tmp, data, rate, format="WAV", subtype="PCM_16"))
+            written += [path, save_spectrogram_png(wav, rate, path.with_suffix(".png"))]
+            if names is not None:
+                caption = f"sample {i}: {names[i]} ({data.shape[-1] / rate:.1f} s)"
+                written.append(write_grid_info(path, caption))
+        nrow = nrow or max(1, int(math.ceil(math.sqrt(len(waves)))))
+        grid = out_dir / f"{prefix}grid.png"
+        save_png(spectrogram_grid(waves, rate, nrow), grid)
+        written.append(grid)
+        if labels is not None:
+            written.append(self._save_grid_labels(grid, labels, len(waves), nrow))
+        return written
 
     def _save_grid_labels(self, grid: Path, labels: Labels, n: int, nrow: int) -> Path:
         """Write ``<grid>.json`` (caption, and row names when each row is one class)."""
         names = self.label_names(self.label_ids(labels, n))
         rows = [names[i:i + nrow] for i in range(0, n, nrow)]
-        meta: dict[str, Any] = {"pad": 2}
-        if all(len(set(r)) == 1 for r in rows):
-            meta["rows"] = [r[0] for r in rows]
         distinct = list(dict.fromkeys(names))
-        meta["caption"] = (f"{n} samples of class {distinct[0]}" if len(distinct) == 1 else
-                           f"{n} samples of classes {', '.join(distinct)}")
-        path = grid.with_suffix(".json")
-        atomic_write_text(path, json.dumps(meta, ensure_ascii=False) + "\n")
-        return path
+        caption = (f"{n} samples of class {distinct[0]}" if len(distinct) == 1 else
+                   f"{n} samples of classes {', '.join(distinct)}")
+        same = all(len(set(r)) == 1 for r in rows)
+        return write_grid_info(grid, caption, rows=[r[0] for r in rows] if same else None)

@@ -221,8 +221,8 @@ def _classes_line(run_dir: Path, notes: list[str]) -> str:
     if not path.is_file():
         return ""
     labels = _read_json_object(path, notes, "labels.json")
-    if not labels:
-        return ""
+    if not labels or all(str(k) == str(v) for k, v in labels.items()):
+        return ""  # no names, or names that are just the ids (digits)
     items = " &middot; ".join(f"<b>{_esc(k)}</b> {_esc(v)}" for k, v in labels.items())
     return f"<p class='classes'>classes: {items}</p>"
 
