@@ -92,6 +92,11 @@ def _disk_error(e: BaseException, path: Path) -> OSError | None:
     return None
 
 
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` (same errno) naming ``path``."""
+    return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+
+
 # --------------------------------------------------------------------------- atomic files
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, then move the temporary file onto ``path`` in one rename.
@@ -114,8 +119,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
         if disk is not None:
             raise disk from e
-        if isinstance(e, OSError) and e.errno and not e.filename:  # write() names no file
-            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        if isinstance(e, OSError) and e.errno and (not e.filename or e.filename == tmp):
+            raise _named(e, path) from e        # write() names no file; tmp is ours
         raise
 
 
@@ -273,8 +278,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             yield tmp
             new = tmp.with_name(tmp.name[:-len(TMP_SUFFIX)] + NEW_SUFFIX)
             os.replace(tmp, new)                     # complete: recovery may now use it
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno and str(tmp) in str(e.filename or tmp):
+                raise _named(e, path) from e        # name the directory, not our temp copy
             raise
         old = None
         if path.exists():
