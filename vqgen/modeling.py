@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -86,6 +87,19 @@ def tensor_digest(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a serialized safetensors file) with its metadata keys in sorted order, so that
+    equal weights give equal bytes (safetensors writes them in hash-map order). The header keeps
+    its length (padding spaces), so no data offset moves."""
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > n:  # cannot happen for a pure reordering; keep the file as written
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n:]
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -194,8 +208,8 @@ class ConfigModel(nn.Module, PyTorchModelHubMixin):
             meta["train_step"] = int(train_step)
         save_directory = Path(save_directory)
         with atomic_directory(save_directory) as tmp:
-            data = safetensors_bytes(state, metadata={"model_type": model.model_type(),
-                                                      CHECKSUM_KEY: tensor_digest(state)})
+            data = _sorted_metadata(safetensors_bytes(
+                state, metadata={"model_type": model.model_type(), CHECKSUM_KEY: tensor_digest(state)}))
             write_bytes_to(str(tmp / WEIGHTS_NAME), data)
             del data
             for name, extra in model.extra_files().items():
