@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""Speech recipe, top to bottom: data -> tokenizer -> tokenizer evaluation -> (prior stages) -> metrics.
+
+    python recipes/speech.py --preset quick                      # CPU, under 4 minutes
+    python recipes/speech.py --preset full                       # quality run, ~90 min on 2 CPU cores
+    python recipes/speech.py --preset quick adversary.enabled=true name=speech-adv
+    python recipes/speech.py --preset full tokenizer_from=runs/speech-full/tokenizer name=other
+
+Everything lands in ``runs/<name>/``: config.yaml, tokenizer/, train_state_tokenizer.pt,
+logs/*.jsonl, tokenizer_eval.json, samples/ (original and reconstructed WAVs with spectrograms),
+metrics.json and report.html. Re-running the same command resumes: a finished tokenizer and its
+evaluation are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vqgen.config import load_config, save_config
+from vqgen import metrics as M
+from vqgen.data.audio import ClipSegments, write_audio
+from vqgen.data.codes import CodeWindows, encode_clips_cached, fixed_windows
+from vqgen.data.speech import load_speech_dataset
+from vqgen.losses import AdversarialLoss, MultiScaleSTFTDiscriminator
+from vqgen.metrics import audio as AM
+from vqgen.metrics.audio_classifier import (audio_class_accuracy, audio_frechet_distance,
+                                            crop_clips, mel_frechet_distance,
+                                            train_audio_classifier)
+from vqgen.modeling import atomic_write_text, build_config
+from vqgen.pipeline import GenerationPipeline, save_png, write_labels
+from vqgen.priors.pixelcnn import PixelCNNPrior
+from vqgen.priors.transformer import TransformerPrior
+from vqgen.report import write_report
+from vqgen.tokenizers import audio as audio_tokenizers
+from vqgen.tokenizers.audio import AudioTokenizer
+from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
+
+HERE = Path(__file__).resolve().parent
+PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
+
+
+def parse_args(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(HERE / "configs" / "speech.yaml"))
+    p.add_argument("--preset", choices=["quick", "full"], default=None)
+    p.add_argument("--runs", default="runs", help="parent folder of run directories")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
+    args = p.parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.preset, args.overrides,
+                      open_keys=("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn"))
+    cfg["runs"], cfg["progress"] = args.runs, not args.no_progress
+    return cfg
+
+
+def fixed_length(clips, index, seconds: float) -> torch.Tensor:
+    """The first ``seconds`` of the clips ``index`` as ``(N, 1, T)`` (zero-padded)."""
+    t = int(seconds * clips.sample_rate)
+    waves = torch.zeros(len(index), 1, t)
+    for row, i in enumerate(index):
+        c = clips.clip(int(i))[:t]
+        waves[row, 0, :len(c)] = c
+    return waves
+
+
+def spectrogram_png(wave: torch.Tensor, path: Path) -> None:
+    """Log-magnitude spectrogram of ``(T,)`` (low frequencies at the bottom) as a grey PNG."""
+    spec = torch.stft(wave.float(), 512, 128, window=torch.hann_window(512), return_complex=True).abs()
+    db = 20 * spec.clamp(min=1e-5).log10()
+    img = ((db - db.max() + 80) / 80).clamp(0, 1).flip(0)          # (F, frames), 80 dB range
+    save_png(img[None], path)
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    dist = init_distributed()
+    device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
+    run_dir = Path(cfg["runs"]) / cfg["name"]
+    main_rank = is_main_process()
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg["seed"])
+    t_start = time.time()
+
+    # 1. Data -------------------------------------------------------------------------------
+    options = cfg["dataset_options"] if cfg["dataset"] == "speech" else {}
+    data = load_speech_dataset(cfg["dataset"], root=cfg["data_root"], progress=cfg["progress"],
+                               seed=cfg["seed"], **options)
+    if main_rank:
+        write_labels(run_dir, data.classes)
+    print(f"data: {data.name} train {len(data.train)} clips ({data.train.seconds / 60:.1f} min), "
+          f"test {len(data.test)} clips ({int(data.test_unseen.sum())} by unseen voices "
+          f"{data.unseen_voices}); {len(data.classes)} voices; device {device}; run dir {run_dir}")
+
+    # 2. Tokenizer --------------------------------------------------------------------------
+    tok_dir = run_dir / "tokenizer"
+    seen_idx = [i for i in range(len(data.test)) if not data.test_unseen[i]]
+    unseen_idx = [i for i in range(len(data.test)) if data.test_unseen[i]]
+    ev = cfg["tokenizer_eval"]
+    if cfg["tokenizer_from"]:
+        tokenizer = AudioTokenizer.from_pretrained(cfg["tokenizer_from"]).to(device)
+        tok_seconds = 0.0
+        if main_rank:  # the run dir holds its own copy, so it is a complete pipeline
+            tokenizer.save_pretrained(tok_dir)
+    else:
+        preset = getattr(audio_tokenizers, cfg["tokenizer"]["preset"], None)
+        if preset is None or not callable(preset):
+            raise ValueError(f"unknown tokenizer preset {cfg['tokenizer']['preset']!r} in vqgen.tokenizers.audio")
+        tokenizer = preset(**cfg["tokenizer"]["overrides"]).to(device)
+        adv_cfg = cfg["adversary"]
+        adversary = None
+        if adv_cfg["enabled"]:
+            adversary = AdversarialLoss(MultiScaleSTFTDiscriminator(channels=adv_cfg["channels"]),
+                                        loss=adv_cfg["loss"], lr=float(adv_cfg["lr"]),
+                                        adversarial_weight=adv_cfg["adversarial_weight"],
+                                        feature_weight=adv_cfg["feature_weight"])
+        monitor = fixed_length(data.test, seen_idx[:16], 2.0).to(device)
+
+        def tok_step(model, batch):
+            wave = batch[0]
+            out = model(wave)
+            loss, metrics = out.loss, dict(out.metrics)
+            if adversary is not None:
+                metrics["disc_loss"] = adversary.discriminator_step(out.recon, wave)
+                g_loss, g_metrics = adversary.generator_loss(out.recon, wave)
+                loss = loss + g_loss
+                metrics.update(g_metrics)
+            return loss, metrics
+
+        def tok_eval(model):
+            recon = model.decode(model.encode(monitor), length=monitor.shape[-1])
+            return {"test_si_sdr": AM.si_sdr(recon, monitor)}
+
+        segment = int(cfg["tokenizer"]["segment_seconds"] * tokenizer.sample_rate)
+        tok_cfg = build_config(TrainConfig, cfg["tokenizer_train"], seed=cfg["seed"],
+                               device=str(device), progress=cfg["progress"])
+        result = train(tokenizer, ClipSegments(data.train, segment), run_dir, tok_cfg,
+                       component="tokenizer", step_fn=tok_step, eval_fn=tok_eval, auxiliary=adversary)
+        tok_seconds = result.seconds
+        tokenizer = AudioTokenizer.from_pretrained(tok_dir).to(device)
+    tokenizer.eval()
+    print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
+          f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
+          f"({tokenizer.bitrate():g} kbps)")
+
+    # 3. Evaluate the tokenizer on held-out speech (cached per tokenizer weights) -----------
+    eval_path = run_dir / "tokenizer_eval.json"
+    weights_mtime = (tok_dir / "model.safetensors").stat().st_mtime
+    cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+    if cached.get("weights_mtime") == weights_mtime and cached.get("settings") == ev:
+        tok_metrics = cached["metrics"]
+    else:
+        levels = ev["levels"]
+        seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
+        tok_metrics = AM.evaluate_tokenizer(tokenizer, seen, levels=levels, with_stoi=ev["stoi"])
+        if unseen_idx:
+            unseen = fixed_length(data.test, unseen_idx[:ev["max_clips"]], ev["seconds"])
+            per_level = AM.evaluate_tokenizer(tokenizer, unseen, levels=levels, with_stoi=ev["stoi"],
+                                              prefix="test_unseen_voice_")
+            tok_metrics.update({k: v for k, v in per_level.items() if k.startswith("test_unseen_voice_")})
+        if main_rank:
+            atomic_write_text(eval_path, json.dumps({"weights_mtime": weights_mtime, "settings": ev,
+                                                     "metrics": tok_metrics}, indent=2) + "\n")
+    top = f"{tokenizer.bitrate():.1f}".rstrip("0").rstrip(".").replace(".", "p") + "kbps"
+    metrics = {"bitrate_kbps": tokenizer.bitrate(),
+               "test_si_sdr": tok_metrics[f"test_si_sdr_{top}"],
+               "test_mel_distance": tok_metrics[f"test_mel_distance_{top}"],
+               "test_stft_distance": tok_metrics[f"test_stft_distance_{top}"]}
+    if ev["stoi"]:
+        metrics["test_stoi"] = tok_metrics[f"test_stoi_{top}"]
+    if f"test_unseen_voice_si_sdr_{top}" in tok_metrics:
+        metrics["test_unseen_voice_si_sdr"] = tok_metrics[f"test_unseen_voice_si_sdr_{top}"]
+    metrics.update(tok_metrics)
+    metrics["perplexity"] = sum(v for k, v in tok_metrics.items() if k.startswith("perplexity_level")) \
+        / tokenizer.num_codebooks
+    metrics["usage"] = sum(v for k, v in tok_metrics.items() if k.startswith("usage_level")) \
+        / tokenizer.num_codebooks
+    print("tokenizer eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "si_sdr" in k))
+
+    samples_dir = run_dir / "samples"
+    if main_rank:
+        for j, i in enumerate((seen_idx[:ev["num_audio_examples"] - 1] + unseen_idx[:1])[:ev["num_audio_examples"]]):
+            wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
+            tag = f"recon_{j}_{data.classes[int(data.test.labels[i])]}" + ("_unseen" if data.test_unseen[i] else "")
+            codes = tokenizer.encode(wave)
+            outs = {"original": wave[0, 0].cpu()}
+            for n in sorted({1, max(1, tokenizer.num_codebooks // 2), tokenizer.num_codebooks}):
+                kbps = f"{tokenizer.bitrate(n):g}".replace(".", "p")
+                outs[f"{kbps}kbps"] = tokenizer.decode(codes[:, :n], length=wave.shape[-1])[0, 0].cpu()
+            for what, w in outs.items():
+                write_audio(samples_dir / f"{tag}_{what}.wav", w, tokenizer.sample_rate)
+                spectrogram_png(w, samples_dir / f"{tag}_{what}.png")
+
+    # 4. Prior: encode every clip (cached), train a voice-conditioned prior on code windows ---
+    pd = cfg["prior_data"]
+    window = max(2, round(pd["window_seconds"] * tokenizer.frame_rate))      # frames per window
+    codes_dir = run_dir / "codes"
+    enc = {split: encode_clips_cached(tokenizer, tok_dir, split, getattr(data, split), codes_dir,
+                                      device=device, progress=cfg["progress"])
+           for split in ("train", "test")}
+    seen_voices = sorted({int(v) for v in data.train.labels})
+    heldout, heldout_y = fixed_windows(enc["test"].subset(torch.as_tensor(~data.test_unseen)), window)
+    pick = torch.linspace(0, len(heldout) - 1, min(len(heldout), pd["max_eval_windows"])).long()
+    heldout, heldout_y = heldout[pick], heldout_y[pick]                   # test sentences, seen voices
+    train_fit, train_fit_y = fixed_windows(enc["train"], window)
+    pick = torch.linspace(0, len(train_fit) - 1, min(len(train_fit), len(heldout))).long()
+    train_fit, train_fit_y = train_fit[pick], train_fit_y[pick]           # same scoring, training codes
+    code_shape = (tokenizer.num_codebooks, window)
+    print(f"prior data: {len(enc['train'])} clips, {enc['train'].codes.shape[1]} frames; windows "
+          f"{code_shape} ({window / tokenizer.frame_rate:g} s); {len(heldout)} held-out windows")
+    prior = PRIORS[cfg["prior"]].from_config(
+        codebook_size=tokenizer.codebook_size, code_shape=code_shape, num_classes=len(data.classes),
+        id2label=dict(enumerate(data.classes)), **cfg["prior_config"][cfg["prior"]]).to(device)
+
+    def prior_step(model, batch):
+        return model.loss(batch[0], batch[1]), {}
+
+    def prior_eval(model):
+        return {"test_bits_per_code": M.prior_bits_per_code(model, heldout, heldout_y, batch_size=8)}
+
+    prior_cfg = build_config(TrainConfig, cfg["prior_train"], seed=cfg["seed"], device=str(device),
+                             progress=cfg["progress"])
+    result = train(prior, CodeWindows(enc["train"], window, seed=cfg["seed"]), run_dir, prior_cfg,
+                   component="prior", step_fn=prior_step, eval_fn=prior_eval)
+    prior_seconds = result.seconds
+    if not main_rank:
+        return {}
+    pipe = GenerationPipeline.from_pretrained(run_dir, map_location=device)
+    metrics["prior_bits_per_code"] = M.prior_bits_per_code(pipe.prior, heldout, heldout_y, batch_size=8)
+    metrics["prior_train_bits_per_code"] = M.prior_bits_per_code(pipe.prior, train_fit, train_fit_y,
+                                                                 batch_size=8)
+    warning = M.overfitting_warning(metrics["prior_train_bits_per_code"],
+                                    metrics["prior_bits_per_code"], what=f"{cfg['prior']} prior")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+    # 5. Samples: a few seconds per voice (WAV + spectrogram each), and sample metrics -------
+    ps = cfg["prior_samples"]
+    shown = seen_voices[:ps["report_voices"]]
+    t0 = time.time()
+    waves = pipe.generate(len(shown), labels=shown, seed=cfg["seed"], progress=cfg["progress"],
+                          **cfg["sampling"])
+    pipe.save(waves, samples_dir / f"prior_{cfg['prior']}", prefix="sample_", labels=shown,
+              nrow=ps["grid_columns"])
+    print(f"sampled {len(shown)} x {waves.shape[-1] / tokenizer.sample_rate:g} s in "
+          f"{time.time() - t0:.1f} s")
+    clf, clf_acc = train_audio_classifier(
+        data.train, data.test, num_classes=len(data.classes), steps=cfg["classifier"]["steps"],
+        batch_size=cfg["classifier"]["batch_size"], crop_seconds=cfg["classifier"]["crop_seconds"],
+        seed=cfg["seed"], device=device, progress=cfg["progress"],
+        cache_path=Path(cfg["data_root"]) / data.name / f"voice-classifier-s{cfg['classifier']['steps']}.safetensors")
+    eval_labels = torch.tensor(seen_voices).repeat(ps["eval_per_voice"])
+    fake = pipe.generate(len(eval_labels), labels=eval_labels, seed=cfg["seed"] + 1,
+                         batch_size=ps["batch_size"], progress=cfg["progress"], **cfg["sampling"])
+    length = fake.shape[-1]
+    test_seen_idx = [i for i in range(len(data.test)) if not data.test_unseen[i]]
+    real = crop_clips(data.test, length, index=test_seen_idx)               # held-out, seen voices
+    train_real = crop_clips(data.train, length,
+                            index=torch.linspace(0, len(data.train) - 1, len(real)).long())
+    metrics["sample_class_accuracy"] = audio_class_accuracy(fake, eval_labels, clf)
+    metrics["classifier_test_accuracy"] = clf_acc
+    metrics["sample_voice_fd"] = audio_frechet_distance(real, fake, clf)
+    metrics["train_test_voice_fd"] = audio_frechet_distance(real, train_real, clf)
+    metrics["sample_mel_fd"] = mel_frechet_distance(real, fake, tokenizer.sample_rate)
+    metrics["train_test_mel_fd"] = mel_frechet_distance(real, train_real, tokenizer.sample_rate)
+    print("samples: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in (
+        "prior_bits_per_code", "prior_train_bits_per_code", "sample_class_accuracy",
+        "classifier_test_accuracy", "sample_mel_fd", "train_test_mel_fd")))
+
+    # 6. Metrics and report -----------------------------------------------------------------
+    metrics["train_seconds"] = tok_seconds + prior_seconds
+    metrics["total_seconds"] = time.time() - t_start
+    metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    report = write_report(run_dir, title=f"vqgen speech recipe: {cfg['name']}")
+    print(json.dumps({k: v for k, v in metrics.items() if "level" not in k}))
+    print(f"report: {report}")
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,157 @@
+"""AudioTokenizer: shapes and lengths, bitrates, levels, chunking, save/load, files, bad input."""
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from vqgen import AudioTokenizer
+from vqgen.tokenizers.audio import audio_tokenizer_debug
+
+
+def tone(t: int, rate: int = 16000, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """(batch, 1, t) harmonic tones with random pitch and a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    time = torch.arange(t) / rate
+    f0 = 100 + 200 * torch.rand(batch, 1, 1, generator=g)
+    wave = sum(torch.sin(2 * math.pi * f0 * k * time) / k for k in range(1, 5))
+    return 0.3 * wave + 0.01 * torch.randn(batch, 1, t, generator=g)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = audio_tokenizer_debug()
+    m(tone(3200))            # k-means init of every level in training mode
+    return m.eval()
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100])
+def test_codes_and_decoded_lengths_for_odd_lengths_and_rates(model, rate):
+    t = int(0.37 * rate) | 1                          # odd
+    wave = tone(t, rate)
+    codes = model.encode(wave, sample_rate=rate)
+    t16 = math.ceil(t * 16000 / rate)                 # length after resampling to 16 kHz
+    frames = math.ceil(t16 / model.hop_length)
+    assert codes.shape == (2, model.num_codebooks, frames) and codes.dtype == torch.long
+    assert model.decode(codes).shape == (2, 1, frames * model.hop_length)
+    assert model.decode(codes, length=t16).shape == (2, 1, t16)
+    assert model.code_shape(t16) == (model.num_codebooks, frames)
+    assert model.encode(wave[:, 0], sample_rate=float(rate)).shape == codes.shape   # (B, T) input
+
+
+def test_properties_and_bitrate(model):
+    assert model.sample_rate == 16000 and model.hop_length == 320 and model.frame_rate == 50
+    assert model.bitrate() == pytest.approx(4 * 6 * 50 / 1000)          # 4 levels x log2(64) bits
+    rates = [model.bitrate(n) for n in range(1, 5)]
+    assert rates == sorted(rates) and rates[0] == pytest.approx(0.3)
+    assert model.encode(tone(1600), num_codebooks=2).shape[1] == 2
+
+
+def test_fewer_levels_never_reconstruct_better():
+    torch.manual_seed(0)
+    m = audio_tokenizer_debug(quantizer_dropout=0.5)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    wave = tone(3200, batch=4)
+    for _ in range(60):
+        m(wave).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    m.eval()
+    with torch.no_grad():
+        codes = m.encode(wave)
+        target = m.spectral(wave[:, 0])
+        errors = [float((m.spectral(m.decode(codes[:, :n])[:, 0]) - target).square().mean())
+                  for n in range(1, m.num_codebooks + 1)]
+    # tolerance 0.5%: a level whose codebook has not caught up may add ~0.1% noise
+    assert all(b <= a * 1.005 for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0], errors                # the deeper levels carry information
+
+
+def test_chunked_encode_decode_matches_whole_input(model):
+    """Tolerance: identical codes, and decoded samples within 1e-4 (the context of 0.5 s exceeds
+    the debug model's receptive field, so chunk seams only differ by float rounding)."""
+    wave = tone(16000 * 7, batch=1)
+    whole = model.encode(wave)
+    whole_wave = model.decode(whole)
+    chunked = audio_tokenizer_debug(chunk_seconds=2.0, overlap_seconds=0.5)
+    chunked.load_state_dict(model.state_dict())
+    chunked.eval()
+    assert len(chunked._chunks(whole.shape[-1])) > 3
+    codes = chunked.encode(wave)
+    assert torch.equal(codes, whole)
+    assert (chunked.decode(codes) - whole_wave).abs().max() < 1e-4
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "tok")
+    loaded = AudioTokenizer.from_pretrained(tmp_path / "tok")
+    wave = tone(5000)
+    codes = model.encode(wave)
+    assert torch.equal(loaded.encode(wave), codes)
+    assert torch.allclose(loaded.decode(codes), model.decode(codes))
+    assert loaded.config == model.config
+
+
+def test_file_round_trip_with_downmix(model, tmp_path):
+    stereo = tone(22050, rate=22050).squeeze(1).T.numpy()      # (T, 2) at 22.05 kHz
+    sf.write(tmp_path / "in.wav", stereo, 22050)
+    with pytest.raises(ValueError, match="downmix"):
+        model.encode_file(tmp_path / "in.wav")
+    codes = model.encode_file(tmp_path / "in.wav", downmix=True)
+    assert codes.shape == (1, 4, math.ceil(16000 / 320))
+    path = model.decode_to_file(codes, tmp_path / "out.wav")
+    data, rate = sf.read(path)
+    assert rate == 16000 and data.shape == (codes.shape[-1] * 320,)
+
+
+def test_digital_silence_gives_finite_loss_and_gradients():
+    m = audio_tokenizer_debug()
+    out = m(torch.zeros(2, 1, 3200))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    m.eval()
+    assert torch.isfinite(m.decode(m.encode(torch.zeros(1, 1, 1000)))).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.full((1, 1, 800), float("nan")), "finite"),
+    (torch.zeros(1, 1, 0), "non-empty"),
+    (torch.zeros(0, 1, 800), "non-empty"),
+    (torch.zeros(1, 2, 800), "mono"),
+    (torch.zeros(1, 1, 1, 800), r"\(B, 1, T\)"),
+    (torch.zeros(1, 1, 800, dtype=torch.int16), "float"),
+    (np.zeros((1, 800), np.float32), "float"),
+])
+def test_bad_waves_raise_value_error(model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        model.encode(bad)
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 16000.5, "16k", True])
+def test_bad_sample_rates_raise_value_error(model, rate):
+    with pytest.raises(ValueError, match="positive integer"):
+        model.encode(tone(800), sample_rate=rate)
+
+
+def test_bad_codes_files_and_levels_raise(model, tmp_path):
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        model.decode(torch.full((1, 4, 3), 64))
+    with pytest.raises(ValueError, match="1 <= n <= 4"):
+        model.decode(torch.zeros(1, 5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer"):
+        model.decode(torch.zeros(1, 4, 3))
+    for n in (0, 5, 2.0):
+        with pytest.raises(ValueError, match=r"num_codebooks must be an int in \[1, 4\]"):
+            model.encode(tone(800), num_codebooks=n)
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(ValueError, match="audio file"):
+        model.encode_file(tmp_path / "text.wav")
+    with pytest.raises(FileNotFoundError):
+        model.encode_file(tmp_path / "missing.wav")
+    with pytest.raises(ValueError, match="unknown AudioTokenizerConfig"):
+        audio_tokenizer_debug(hop=3)
+    with pytest.raises(ValueError, match="n_fft"):
+        audio_tokenizer_debug(n_fft=300)

@@ -1,0 +1,441 @@
+"""Audio tokenizer: a complex-STFT-domain VQ codec turning waveforms into ``(B, Q, frames)`` codes.
+
+Pipeline (waveform in, waveform out)::
+
+    wave (B, 1, T) at sample_rate, padded to a multiple of hop_length
+      -> STFT (n_fft, stft_hop; "same" framing: T / stft_hop frames), power-law compressed
+         complex spectrum (real | imag stacked: 2 * (n_fft // 2 + 1) channels)
+      -> Conv1d + ConvNeXt blocks over frames, strided conv(s) down to the code frame rate
+      -> ResidualVQ (Q levels, quantizer dropout: one model serves every bitrate)
+      -> mirror decoder -> compressed complex spectrum -> decompress -> inverse STFT (overlap-add)
+
+``hop_length = stft_hop * frame_downsample`` samples per code frame; ``frame_rate =
+sample_rate / hop_length``; the bitrate at ``n`` levels is ``n * log2(codebook_size) *
+frame_rate`` bits/s. Codes are ``(B, Q, frames)`` with ``frames = ceil(T / hop_length)``; decoding
+gives ``frames * hop_length`` samples, and :meth:`AudioTokenizer.encode`/``decode`` round trips
+trim back to the input length only where the caller passes it (``decode(..., length=T)``).
+
+Long inputs are processed in chunks of ``chunk_seconds`` with ``overlap_seconds`` of context on
+each side: encode keeps the codes of each chunk's centre (codes are discrete, so seams are exact
+cuts between frames computed with context), decode crossfades overlapping outputs linearly.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data.audio import check_sample_rate, read_audio, resample, write_audio
+from ..losses import AudioLossConfig, AudioReconstructionLoss, compress
+from .base import Tokenizer, TokenizerOutput
+from .layers import ConvNeXtBlock1d, ResBlock
+from .quantizers import ResidualVQ
+
+__all__ = ["AudioTokenizerConfig", "AudioTokenizer", "audio_tokenizer_debug", "speech_16khz"]
+
+
+@dataclass
+class AudioTokenizerConfig:
+    """Everything that defines an :class:`AudioTokenizer` (invalid values raise ``ValueError``).
+
+    Signal: ``sample_rate``; STFT ``n_fft`` / ``stft_hop`` (hann window; ``n_fft`` a multiple
+    of ``stft_hop``, at least twice it), ``power`` the magnitude compression exponent; ``frame_downsample`` (1, 2 or 4)
+    STFT frames per code frame. Network: ``channels`` wide ConvNeXt stacks (``kernel_size``,
+    ``mlp_mult``), ``encoder_blocks`` / ``decoder_blocks`` at the STFT frame rate and
+    ``latent_blocks`` at the code frame rate (each side). Quantizer: ``num_codebooks`` residual
+    levels of ``codebook_size`` entries on ``latent_dim`` vectors, ``codebook_dim`` low-dim lookup,
+    ``vq_*`` options of :class:`VectorQuantizer`, ``quantizer_dropout``. Losses: ``loss`` weights
+    (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` / ``overlap_seconds``.
+    """
+
+    sample_rate: int = 16000
+    codebook_size: int = 1024
+    num_codebooks: int = 8
+    n_fft: int = 320
+    stft_hop: int = 160
+    power: float = 0.3
+    frame_downsample: int = 2
+    channels: int = 256
+    block: str = "convnext"             # "convnext" (depthwise k + MLP) | "resnet" (two dense k=3 convs)
+    kernel_size: int = 7
+    mlp_mult: int = 3
+    layer_scale: float = 0.1
+    encoder_blocks: int = 4
+    latent_blocks: int = 4
+    decoder_blocks: int = 4
+    latent_dim: int = 128
+    codebook_dim: int | None = 8
+    vq_cosine: bool = True
+    vq_use_ema: bool = True
+    vq_decay: float = 0.95
+    vq_beta: float = 0.25
+    vq_kmeans_init: bool = True
+    vq_kmeans_iters: int = 10
+    vq_dead_code_threshold: float = 0.5
+    quantizer_dropout: float = 0.5
+    loss: dict = field(default_factory=dict)
+    chunk_seconds: float = 30.0
+    overlap_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str, got: Any) -> None:
+            if not ok:
+                raise ValueError(f"AudioTokenizerConfig: expected {what}, got {got!r}")
+
+        def pos_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        check_sample_rate(self.sample_rate, "AudioTokenizerConfig.sample_rate")
+        need(pos_int(self.codebook_size) and self.codebook_size >= 2, "codebook_size an int >= 2",
+             self.codebook_size)
+        for name in ("num_codebooks", "stft_hop", "channels", "kernel_size", "mlp_mult", "latent_dim"):
+            need(pos_int(getattr(self, name)), f"{name} a positive int", getattr(self, name))
+        need(self.n_fft % self.stft_hop == 0 and self.n_fft >= 2 * self.stft_hop
+             and (self.n_fft - self.stft_hop) % 2 == 0,
+             "n_fft a multiple of stft_hop, >= 2 * stft_hop, with n_fft - stft_hop even",
+             (self.n_fft, self.stft_hop))
+        need(self.frame_downsample in (1, 2, 4), "frame_downsample 1, 2 or 4", self.frame_downsample)
+        need(0 < self.power <= 1, "power in (0, 1]", self.power)
+        for name in ("encoder_blocks", "latent_blocks", "decoder_blocks"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"{name} an int >= 0", getattr(self, name))
+        need(self.kernel_size % 2 == 1, "an odd kernel_size", self.kernel_size)
+        need(self.block in ("convnext", "resnet"), "block 'convnext' or 'resnet'", self.block)
+        need(self.codebook_dim is None or pos_int(self.codebook_dim), "codebook_dim None or > 0",
+             self.codebook_dim)
+        need(self.chunk_seconds > 2 * self.overlap_seconds >= 0,
+             "chunk_seconds > 2 * overlap_seconds >= 0", (self.chunk_seconds, self.overlap_seconds))
+        if isinstance(self.loss, AudioLossConfig):
+            self.loss = dict(vars(self.loss))
+        need(isinstance(self.loss, dict), "loss a dict of AudioLossConfig fields", self.loss)
+        self.loss_config()  # unknown keys raise here
+
+    def loss_config(self) -> AudioLossConfig:
+        from ..modeling import build_config
+        return build_config(AudioLossConfig, self.loss, n_fft=self.n_fft, hop=self.stft_hop,
+                            power=self.power)
+
+    @property
+    def hop_length(self) -> int:
+        return self.stft_hop * self.frame_downsample
+
+
+# --------------------------------------------------------------------------- STFT front/back end
+class _Spectral(nn.Module):
+    """"Same"-framed STFT and its inverse: ``T`` samples (a multiple of ``hop``) <-> ``T / hop``
+    frames. Frames are centred on ``hop * (i + 1/2)``; the inverse is windowed overlap-add
+    divided by the summed squared window."""
+
+    def __init__(self, n_fft: int, hop: int, power: float):
+        super().__init__()
+        self.n_fft, self.hop, self.power = n_fft, hop, power
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+
+    def forward(self, wave: Tensor) -> Tensor:
+        """``(B, T)`` -> compressed spectrum ``(B, 2F, T / hop)`` (real parts, then imaginary)."""
+        pad = (self.n_fft - self.hop) // 2
+        x = F.pad(wave.float(), (pad, pad))
+        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
+        spec = compress(spec, self.power)                                   # (B, F, N)
+        return torch.cat([spec.real, spec.imag], dim=1)
+
+    def _overlap_add(self, frames: Tensor) -> Tensor:
+        """``(B, n_fft, N)`` windowed frames -> ``(B, (N + k - 1) * hop)``, ``k = n_fft / hop``
+        (sums of shifted slices: much faster on CPU than ``F.fold``)."""
+        b, _, n = frames.shape
+        k = self.n_fft // self.hop
+        parts = frames.reshape(b, k, self.hop, n)                          # (B, k, hop, N)
+        out = frames.new_zeros(b, self.hop, n + k - 1)
+        for j in range(k):
+            out[..., j:j + n] += parts[:, j]
+        return out.transpose(1, 2).reshape(b, -1)
+
+    def inverse(self, feats: Tensor) -> Tensor:
+        """Compressed spectrum ``(B, 2F, N)`` -> waveform ``(B, N * hop)``."""
+        re, im = feats.float().chunk(2, dim=1)
+        spec = compress(torch.complex(re, im), 1.0 / self.power)           # (B, F, N)
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]   # (B, n_fft, N)
+        n = frames.shape[-1]
+        out = self._overlap_add(frames)
+        env = self._overlap_add(self.window.square()[None, :, None].expand(1, -1, n))
+        pad = (self.n_fft - self.hop) // 2
+        return (out / env.clamp(min=1e-8))[:, pad:pad + n * self.hop]
+
+
+def _stack(channels: int, n: int, cfg: AudioTokenizerConfig) -> nn.Sequential:
+    if cfg.block == "resnet":
+        return nn.Sequential(*(ResBlock(channels, dims=1) for _ in range(n)))
+    return nn.Sequential(*(ConvNeXtBlock1d(channels, cfg.kernel_size, cfg.mlp_mult, cfg.layer_scale)
+                           for _ in range(n)))
+
+
+class AudioEncoder(nn.Module):
+    """Compressed spectrum ``(B, 2F, N)`` -> latents ``(B, latent_dim, N / frame_downsample)``."""
+
+    def __init__(self, cfg: AudioTokenizerConfig):
+        super().__init__()
+        c, d = cfg.channels, cfg.frame_downsample
+        self.conv_in = nn.Conv1d(cfg.n_fft + 2, c, cfg.kernel_size, padding=cfg.kernel_size // 2)
+        self.blocks = _stack(c, cfg.encoder_blocks, cfg)
+        self.down = nn.Conv1d(c, c, 2 * d, stride=d, padding=d // 2) if d > 1 else nn.Identity()
+        self.latent = _stack(c, cfg.latent_blocks, cfg)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.proj = nn.Linear(c, cfg.latent_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.latent(self.down(self.blocks(self.conv_in(x))))            # (B, C, N / d)
+        return self.proj(self.norm(h.transpose(1, 2))).transpose(1, 2)     # (B, D, N / d)
+
+
+class AudioDecoder(nn.Module):
+    """Latents ``(B, latent_dim, M)`` -> compressed spectrum ``(B, 2F, M * frame_downsample)``."""
+
+    def __init__(self, cfg: AudioTokenizerConfig):
+        super().__init__()
+        c, d = cfg.channels, cfg.frame_downsample
+        self.conv_in = nn.Conv1d(cfg.latent_dim, c, cfg.kernel_size, padding=cfg.kernel_size // 2)
+        self.latent = _stack(c, cfg.latent_blocks, cfg)
+        self.up = nn.ConvTranspose1d(c, c, 2 * d, stride=d, padding=d // 2) if d > 1 else nn.Identity()
+        self.blocks = _stack(c, cfg.decoder_blocks, cfg)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.proj = nn.Linear(c, cfg.n_fft + 2)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.blocks(self.up(self.latent(self.conv_in(z))))              # (B, C, N)
+        return self.proj(self.norm(h.transpose(1, 2))).transpose(1, 2)     # (B, 2F, N)
+
+
+# --------------------------------------------------------------------------- tokenizer
+class AudioTokenizer(Tokenizer):
+    """Neural audio codec with residual VQ codes (see the module docstring for the layout).
+
+    ``AudioTokenizer.from_config(sample_rate=16000, codebook_size=1024, num_codebooks=8, ...)``;
+    presets :func:`speech_16khz`, :func:`audio_tokenizer_debug`.
+
+    Inputs are mono waves float ``(B, 1, T)`` or ``(B, T)`` in [-1, 1] at any integer rate
+    (resampled to ``sample_rate``); ``(B, C>1, T)`` raises unless ``downmix=True``. Errors
+    (``ValueError`` naming expected and actual): not a float tensor, wrong rank or channels,
+    empty, NaN/inf, bad ``sample_rate`` or ``num_codebooks``; codes of the wrong rank, level
+    count, dtype or range.
+    """
+
+    config_class = AudioTokenizerConfig
+
+    def __init__(self, config: AudioTokenizerConfig):
+        super().__init__(config)
+        cfg = config
+        self.spectral = _Spectral(cfg.n_fft, cfg.stft_hop, cfg.power)
+        self.encoder = AudioEncoder(cfg)
+        self.decoder = AudioDecoder(cfg)
+        self.quantizer = ResidualVQ(
+            cfg.latent_dim, cfg.codebook_size, cfg.num_codebooks, quantizer_dropout=cfg.quantizer_dropout,
+            codebook_dim=cfg.codebook_dim, beta=cfg.vq_beta, use_ema=cfg.vq_use_ema, decay=cfg.vq_decay,
+            kmeans_init=cfg.vq_kmeans_init, kmeans_iters=cfg.vq_kmeans_iters,
+            dead_code_threshold=cfg.vq_dead_code_threshold, cosine=cfg.vq_cosine, check_finite=False)
+        self.recon_loss = AudioReconstructionLoss(cfg.loss_config(), cfg.sample_rate)
+
+    # ----------------------------------------------------------------------- metadata
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def bitrate(self, num_codebooks: int | None = None) -> float:
+        """Kilobits per second with the first ``num_codebooks`` levels (default all)."""
+        n = self._levels(num_codebooks)
+        return n * math.log2(self.codebook_size) * self.frame_rate / 1000.0
+
+    def code_shape(self, *input_shape: int) -> tuple[int, int]:
+        """Codes of one clip of ``T`` samples (``(T,)`` or ``(1, T)`` at ``sample_rate``):
+        ``(Q, ceil(T / hop_length))``."""
+        if len(input_shape) not in (1, 2) or input_shape[-1] < 1:
+            raise ValueError(f"expected a clip shape (T,) or (1, T), got {input_shape}")
+        return self.num_codebooks, -(-input_shape[-1] // self.hop_length)
+
+    # ----------------------------------------------------------------------- checks
+    def _levels(self, num_codebooks: int | None) -> int:
+        q = self.num_codebooks
+        if num_codebooks is None:
+            return q
+        if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= q:
+            raise ValueError(f"num_codebooks must be an int in [1, {q}], got {num_codebooks!r}")
+        return num_codebooks
+
+    def prepare(self, wave: Tensor, sample_rate: int | None = None, downmix: bool = False) -> Tensor:
+        """Validate a wave and return it fp32 ``(B, T)`` at ``self.sample_rate`` (resampled,
+        downmixed when asked). ``sample_rate=None`` means the tokenizer's rate."""
+        rate = self.sample_rate if sample_rate is None else check_sample_rate(sample_rate)
+        if not isinstance(wave, Tensor) or not wave.is_floating_point():
+            got = wave.dtype if isinstance(wave, Tensor) else type(wave).__name__
+            raise ValueError(f"expected a float waveform tensor (B, 1, T) in [-1, 1], got {got}")
+        if wave.dim() == 2:
+            wave = wave[:, None]
+        if wave.dim() != 3:
+            raise ValueError(f"expected a waveform (B, 1, T) or (B, T), got shape {tuple(wave.shape)}")
+        if wave.shape[1] != 1:
+            if not downmix:
+                raise ValueError(f"expected mono audio (B, 1, T), got {wave.shape[1]} channels "
+                                 f"(shape {tuple(wave.shape)}); pass downmix=True to average them")
+            wave = wave.mean(1, keepdim=True)
+        if wave.shape[0] == 0 or wave.shape[-1] == 0:
+            raise ValueError(f"expected a non-empty waveform, got shape {tuple(wave.shape)}")
+        if not bool(torch.isfinite(wave).all()):
+            raise ValueError(f"expected finite samples, got {int((~torch.isfinite(wave)).sum())} NaN/inf value(s)")
+        return resample(wave[:, 0].float(), rate, self.sample_rate)
+
+    def _pad(self, wave: Tensor) -> Tensor:
+        """``(B, T)`` -> ``(B, ceil(T / hop_length) * hop_length)`` (zeros at the end)."""
+        return F.pad(wave, (0, -wave.shape[-1] % self.hop_length))
+
+    def _prepare_codes(self, codes: Tensor) -> Tensor:
+        """Validate ``(B, n, frames)`` codes (``1 <= n <= Q``) -> channel-last ``(B, frames, n)``."""
+        codes = self.check_codes(codes, ndim=3)
+        if not 1 <= codes.shape[1] <= self.num_codebooks or codes.shape[2] == 0:
+            raise ValueError(f"expected codes (B, n, frames) with 1 <= n <= {self.num_codebooks} "
+                             f"and frames >= 1, got shape {tuple(codes.shape)}")
+        return codes.transpose(1, 2)
+
+    # ----------------------------------------------------------------------- core (one chunk)
+    def _latents(self, wave: Tensor) -> Tensor:
+        """fp32 ``(B, T)`` (multiple of hop_length) -> channel-last ``(B, frames, latent_dim)``."""
+        feats = self.spectral(wave).to(self.encoder.conv_in.weight.dtype)
+        return self.encoder(feats).transpose(1, 2)
+
+    def _synth(self, zq: Tensor) -> Tensor:
+        """Channel-last ``(B, frames, D)`` -> waveform ``(B, frames * hop_length)``."""
+        return self.spectral.inverse(self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2)))
+
+    def _decode_chunk(self, codes: Tensor) -> Tensor:
+        """``(B, frames, n)`` -> ``(B, frames * hop_length)``."""
+        q = self.quantizer
+        zq = q.layers[0].decode(codes[..., 0])
+        for layer, c in zip(q.layers[1:], codes[..., 1:].unbind(-1)):
+            zq = zq + layer.decode(c)
+        return self._synth(zq)
+
+    def _chunks(self, frames: int) -> list[tuple[int, int, int, int]]:
+        """Split ``frames`` into ``(lo, hi, ctx_lo, ctx_hi)``: kept frames ``[lo, hi)`` computed
+        from ``[ctx_lo, ctx_hi)``."""
+        size = max(1, int(self.config.chunk_seconds * self.frame_rate))
+        ctx = int(math.ceil(self.config.overlap_seconds * self.frame_rate))
+        if frames <= size:
+            return [(0, frames, 0, frames)]
+        core = size - 2 * ctx
+        return [(lo, min(lo + core, frames), max(0, lo - ctx), min(frames, lo + core + ctx))
+                for lo in range(0, frames, core)]
+
+    # ----------------------------------------------------------------------- API
+    @torch.no_grad()
+    def encode(self, wave: Tensor, sample_rate: int | None = None, num_codebooks: int | None = None,
+               downmix: bool = False) -> Tensor:
+        """Waveform ``(B, 1, T)`` / ``(B, T)`` at ``sample_rate`` (default the tokenizer's) ->
+        codes LongTensor ``(B, n, ceil(T' / hop_length))``, ``T'`` the length at
+        ``self.sample_rate`` and ``n = num_codebooks`` (default all ``Q`` levels). Inputs longer
+        than ``chunk_seconds`` are encoded chunk by chunk (bounded memory)."""
+        n = self._levels(num_codebooks)
+        x = self._pad(self.prepare(wave, sample_rate, downmix))
+        hop, out = self.hop_length, []
+        for lo, hi, clo, chi in self._chunks(x.shape[-1] // hop):
+            codes = self.quantizer.encode(self._latents(x[:, clo * hop:chi * hop]))   # (B, f, Q)
+            out.append(codes[:, lo - clo:hi - clo, :n])
+        return torch.cat(out, 1).transpose(1, 2).contiguous()
+
+    def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
+        """Codes ``(B, n, frames)`` with any ``1 <= n <= Q`` leading levels -> waveform
+        ``(B, 1, frames * hop_length)`` at ``sample_rate`` (trimmed to ``length`` when given).
+        Long code sequences are decoded in overlapping chunks crossfaded linearly."""
+        c = self._prepare_codes(codes)                                   # (B, frames, n)
+        hop, frames = self.hop_length, c.shape[1]
+        chunks = self._chunks(frames)
+        if len(chunks) == 1:
+            wave = self._decode_chunk(c)
+        else:
+            wave = torch.zeros(c.shape[0], frames * hop, device=c.device)
+            weight = torch.zeros(frames * hop, device=c.device)
+            for lo, hi, clo, chi in chunks:
+                part = self._decode_chunk(c[:, clo:chi]).float()
+                # weights: 0 over the outer half of each context (a chunk's own edges are
+                # unreliable), a linear ramp over the inner half, 1 over the kept centre
+                w = torch.ones(part.shape[-1], device=c.device)
+                left, right = (lo - clo) * hop, (chi - hi) * hop
+                if left:
+                    w[:left] = 0
+                    w[left // 2:left] = torch.linspace(0, 1, left - left // 2 + 2, device=c.device)[1:-1]
+                if right:
+                    w[-right:] = 0
+                    w[-right:len(w) - right // 2] = torch.linspace(1, 0, right - right // 2 + 2, device=c.device)[1:-1]
+                wave[:, clo * hop:chi * hop] += part * w
+                weight[clo * hop:chi * hop] += w
+            wave = wave / weight.clamp(min=1e-6)
+        wave = wave[:, None]
+        return wave if length is None else wave[..., :length]
+
+    def forward(self, wave: Tensor, num_codebooks: int | None = None) -> TokenizerOutput:
+        """Reconstruct ``wave`` ``(B, 1, T)`` at ``sample_rate`` through the quantizer (training
+        entry point; ``num_codebooks`` fixes the levels, else all or a random count under
+        quantizer dropout). Returns ``recon`` ``(B, 1, T)``, ``codes`` ``(B, Q, frames)``,
+        ``loss`` = reconstruction terms + VQ loss and ``metrics`` (``recon_loss``, ``vq_loss``,
+        each loss term, ``perplexity``, ``usage``, ``dead_codes``, ``n_quantizers``)."""
+        x = self.prepare(wave)
+        t = x.shape[-1]
+        x_pad = self._pad(x)
+        target_spec = self.spectral(x_pad)                               # (B, 2F, N)
+        z = self.encoder(target_spec.to(self.encoder.conv_in.weight.dtype)).transpose(1, 2)
+        q = self.quantizer(z, n_quantizers=num_codebooks and self._levels(num_codebooks))
+        spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
+        recon = self.spectral.inverse(spec)[:, None, :t]                 # (B, 1, T)
+        recon_loss, terms = self.recon_loss(recon, x[:, None], spec, target_spec)
+        vq_loss = q.loss.float()
+        metrics = {"recon_loss": recon_loss.detach(), "vq_loss": vq_loss.detach(), **terms,
+                   **{k: q.metrics[k].detach() for k in ("perplexity", "usage", "dead_codes", "n_quantizers")}}
+        return TokenizerOutput(recon=recon, codes=q.codes.transpose(1, 2), loss=recon_loss + vq_loss,
+                               metrics=metrics)
+
+    # ----------------------------------------------------------------------- files
+    def encode_file(self, path: str | os.PathLike, num_codebooks: int | None = None,
+                    downmix: bool = False) -> Tensor:
+        """Codes ``(1, n, frames)`` of an audio file (any rate soundfile reads; stereo needs
+        ``downmix=True``). ``FileNotFoundError`` / ``ValueError`` for missing or non-audio files."""
+        wave, rate = read_audio(path)                                    # (C, T)
+        device = self.encoder.conv_in.weight.device
+        return self.encode(wave[None].to(device), rate, num_codebooks, downmix=downmix)
+
+    def decode_to_file(self, codes: Tensor, path: str | os.PathLike, length: int | None = None) -> Path:
+        """Decode ``(1, n, frames)`` (or ``(n, frames)``) codes and write a 16-bit file at
+        ``sample_rate`` (format from the suffix); returns the path."""
+        if isinstance(codes, Tensor) and codes.dim() == 2:
+            codes = codes[None]
+        if isinstance(codes, Tensor) and codes.dim() == 3 and codes.shape[0] != 1:
+            raise ValueError(f"decode_to_file expects the codes of one clip (1, n, frames), got {tuple(codes.shape)}")
+        with torch.no_grad():
+            wave = self.decode(codes, length=length)
+        return write_audio(path, wave[0], self.sample_rate)
+
+
+# --------------------------------------------------------------------------- presets
+def audio_tokenizer_debug(**overrides: Any) -> AudioTokenizer:
+    """Tiny tokenizer for tests: 16 kHz, hop 160 x 2, 4 levels of 64 codes, 32 channels."""
+    values = dict(sample_rate=16000, codebook_size=64, num_codebooks=4, channels=32, encoder_blocks=1,
+                  latent_blocks=1, decoder_blocks=1, latent_dim=16, codebook_dim=None, vq_cosine=False,
+                  vq_kmeans_iters=2, vq_dead_code_threshold=0.0, chunk_seconds=30.0, overlap_seconds=1.0)
+    return AudioTokenizer.from_config(values, **overrides)
+
+
+def speech_16khz(**overrides: Any) -> AudioTokenizer:
+    """Speech codec at 16 kHz: complex STFT (n_fft 320, hop 160), 2x frame downsampling to
+    50 Hz codes, 8 levels x 1024 entries (0.5 kbps per level, 4 kbps at 8 levels)."""
+    values = dict(sample_rate=16000, codebook_size=1024, num_codebooks=8)
+    return AudioTokenizer.from_config(values, **overrides)
