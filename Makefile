@@ -30,6 +30,7 @@ demo: $(STAMP) data
 	  echo "Fashion-MNIST not found: running the image demo on scikit-learn digits"; \
 	  $(BIN)/python recipes/image.py --preset quick dataset=digits name=image-quick-digits $(DEMO_ARGS); \
 	fi
+	$(BIN)/python recipes/speech.py --preset quick $(SPEECH_DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

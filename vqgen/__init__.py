@@ -18,6 +18,8 @@ _EXPORTS = {
     "TokenizerOutput": "vqgen.tokenizers.base",
     "ImageTokenizer": "vqgen.tokenizers.image",
     "ImageTokenizerConfig": "vqgen.tokenizers.image",
+    "AudioTokenizer": "vqgen.tokenizers.audio",
+    "AudioTokenizerConfig": "vqgen.tokenizers.audio",
     "PixelCNNPrior": "vqgen.priors.pixelcnn",
     "PixelCNNPriorConfig": "vqgen.priors.pixelcnn",
     "TransformerPrior": "vqgen.priors.transformer",

@@ -544,7 +544,8 @@ def _apply_new_lr(state: dict[str, Any], config: TrainConfig, optimizer: torch.o
 def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config: TrainConfig, *,
           component: str, step_fn: StepFn,
           eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-          on_eval: Callable[[nn.Module, int], None] | None = None) -> TrainResult:
+          on_eval: Callable[[nn.Module, int], None] | None = None,
+          auxiliary: nn.Module | None = None) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimizer steps, resuming from ``run_dir`` if possible.
 
     Args:
@@ -560,6 +561,9 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         eval_fn: ``eval_fn(model) -> dict[str, float]`` every ``eval_every`` steps and at the end,
             on every rank, in eval mode under ``no_grad``; logged as an ``"eval": true`` line.
         on_eval: ``on_eval(model, step)`` at the same times, main process only (e.g. samples).
+        auxiliary: an object the step_fn uses besides the model, with its own parameters and
+            optimizer (e.g. :class:`vqgen.losses.AdversarialLoss`); moved to the device, and its
+            ``state_dict()`` saved in the train state and restored on resume (never exported).
 
     Returns a :class:`TrainResult`. A run whose state says it finished ``config.steps`` (or more)
     steps loads those weights into ``model`` and returns at once; a larger ``steps`` continues it.
@@ -594,6 +598,8 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
     t_start = time.perf_counter()
 
     model.to(device)
+    if auxiliary is not None:
+        auxiliary.to(device)
     state = _load_state(state_path)
     if state is not None:
         if state.get("model_type") != type(unwrap_model(model)).__name__:
@@ -604,6 +610,11 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         model.load_state_dict(state["model"], strict=True)
         if main:
             _reconcile_export(model, export_dir, state["step"])
+        if auxiliary is not None:
+            if state.get("auxiliary") is None:
+                raise ValueError(f"{state_path} holds no auxiliary state, but this run has one "
+                                 f"({type(auxiliary).__name__})")
+            auxiliary.load_state_dict(state["auxiliary"])
         if state["finished"] and state["step"] >= config.steps:
             saved_lr = state.get("config", {}).get("lr", config.lr)
             if main and saved_lr != config.lr:
@@ -714,7 +725,8 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng, "seconds": elapsed(), "last_metrics": last_metrics,
                 "eval_metrics": eval_metrics, "log_accum": acc.state(),
-                "config": dataclasses.asdict(config)}, state_path)
+                "config": dataclasses.asdict(config),
+                "auxiliary": None if auxiliary is None else auxiliary.state_dict()}, state_path)
             if last_ckpt != step or read_train_step(export_dir) != step:
                 unwrap_model(model).save_pretrained(export_dir, train_step=step)
         last_ckpt = step

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["conv", "norm", "num_groups", "ResBlock", "Downsample", "Upsample"]
+__all__ = ["conv", "norm", "num_groups", "ResBlock", "Downsample", "Upsample", "ConvNeXtBlock1d"]
 
 
 def conv(dims: int, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -122,3 +122,25 @@ class Upsample(nn.Module):
         if self.mode == "nearest":
             x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
         return self.conv(x)
+
+
+class ConvNeXtBlock1d(nn.Module):
+    """ConvNeXt block over a 1D sequence (Vocos/ConvNeXt-1D): depthwise conv (``kernel_size``,
+    "same" padding), LayerNorm over channels, pointwise MLP (``mult`` x wider, GELU) and a learned
+    per-channel scale started at ``layer_scale`` around the residual.
+
+    ``(B, C, L) -> (B, C, L)``; any ``L >= 1``.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7, mult: int = 3, layer_scale: float = 1e-2):
+        super().__init__()
+        self.dwconv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.pw1 = nn.Linear(channels, mult * channels)
+        self.pw2 = nn.Linear(mult * channels, channels)
+        self.scale = nn.Parameter(torch.full((channels,), float(layer_scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dwconv(x).transpose(1, 2)                  # (B, L, C)
+        h = self.pw2(F.gelu(self.pw1(self.norm(h))))        # (B, L, C)
+        return x + (self.scale * h).transpose(1, 2)         # (B, C, L)
