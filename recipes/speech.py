@@ -201,9 +201,14 @@ def main(argv=None) -> dict:
     pd = cfg["prior_data"]
     window = max(2, round(pd["window_seconds"] * tokenizer.frame_rate))      # frames per window
     codes_dir = run_dir / "codes"
-    enc = {split: encode_clips_cached(tokenizer, tok_dir, split, getattr(data, split), codes_dir,
-                                      device=device, progress=cfg["progress"])
-           for split in ("train", "test")}
+    prior_clips = {"train": data.train, "test": data.test}
+    if pd["max_clips_per_voice"]:  # the first clips of each voice (a smaller, faster prior set)
+        labels = torch.as_tensor(data.train.labels)
+        keep = [i for v in labels.unique() for i in (labels == v).nonzero()[:, 0][:pd["max_clips_per_voice"]]]
+        prior_clips["train"] = data.train.subset(torch.stack(keep).sort().values.numpy())
+    enc = {split: encode_clips_cached(tokenizer, tok_dir, split, clips, codes_dir, device=device,
+                                      progress=cfg["progress"])
+           for split, clips in prior_clips.items()}
     seen_voices = sorted({int(v) for v in data.train.labels})
     heldout, heldout_y = fixed_windows(enc["test"].subset(torch.as_tensor(~data.test_unseen)), window)
     pick = torch.linspace(0, len(heldout) - 1, min(len(heldout), pd["max_eval_windows"])).long()

@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from ..progress import progress_bar
@@ -275,15 +276,10 @@ class TransformerPrior(Prior):
         return labels + first
 
     # ----------------------------------------------------------------------- training
-    def logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
-        """Teacher-forced logits ``(B, codebook_size, *code_shape)`` for codes ``(B, *code_shape)``.
-
-        Causal in the layout's order: the logits of a code depend only on the label and the
-        codes of earlier steps (module doc). ``labels``: None, an id or class name, or ``B`` of
-        them (``Prior.label_ids``); in train mode they are replaced by the null class with
-        probability ``label_dropout``. Raises ``ValueError`` for codes of the wrong
-        shape/dtype/range and for bad labels.
-        """
+    def _code_logits(self, codes: torch.Tensor, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits with the class dim last, contiguous (fast cross-entropy), and
+        the matching targets: delay ``(B, Q, T, K)`` / ``(B, Q, T)`` in grid order, otherwise
+        ``(B, N, K)`` / ``(B, N)`` in sequence order."""
         codes = self.check_codes(codes)
         b, device = codes.shape[0], codes.device
         labels = self.condition_labels(self.label_ids(labels, b, device), b, device)
@@ -293,13 +289,39 @@ class TransformerPrior(Prior):
         weight = self._head_weight()                                               # (Q, K, H)
         if self.config.layout == "delay":  # code (q, t) is predicted at step t + q
             hidden = hidden[:, self._delay_step]                                   # (B, Q, T, H)
-            return torch.einsum("bqth,qkh->bkqt", hidden, weight)
-        q, k = self.num_levels, self.codebook_size
+            return torch.einsum("bqth,qkh->bqtk", hidden, weight), codes
         # Score each position against its own level's K rows only: (B, R, Q, H) x (Q, K, H).
-        hidden = hidden.reshape(b, -1, q, hidden.shape[-1])
-        logits = torch.einsum("brqh,qkh->bkrq", hidden, weight)                # (B, K, R, Q)
-        logits = logits.reshape(b * k, -1)                                     # (B*K, N), seq order
-        return self._to_grid(logits).reshape(b, k, *self.code_shape)
+        hidden = hidden.reshape(b, -1, self.num_levels, hidden.shape[-1])
+        logits = torch.einsum("brqh,qkh->brqk", hidden, weight)                # (B, R, Q, K)
+        return logits.reshape(b, self.config.num_codes, -1), self._to_sequence(codes)
+
+    def logits(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """Teacher-forced logits ``(B, codebook_size, *code_shape)`` for codes ``(B, *code_shape)``.
+
+        Causal in the layout's order: the logits of a code depend only on the label and the
+        codes of earlier steps (module doc). ``labels``: None, an id or class name, or ``B`` of
+        them (``Prior.label_ids``); in train mode they are replaced by the null class with
+        probability ``label_dropout``. Raises ``ValueError`` for codes of the wrong
+        shape/dtype/range and for bad labels.
+        """
+        logits, _ = self._code_logits(codes, labels)
+        if self.config.layout == "delay":
+            return logits.permute(0, 3, 1, 2)                                  # (B, K, Q, T)
+        b, k = logits.shape[0], self.codebook_size
+        seq = logits.transpose(1, 2).reshape(b * k, -1)                        # (B*K, N)
+        return self._to_grid(seq).reshape(b, k, *self.code_shape)
+
+    def nll(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """Negative log-likelihood in nats per sample, ``(B,)``; labels as ``Prior.label_ids``."""
+        logits, target = self._code_logits(codes, labels)
+        per_code = F.cross_entropy(logits.reshape(-1, self.codebook_size).float(),
+                                   target.reshape(-1), reduction="none")
+        return per_code.view(len(target), -1).sum(1)
+
+    def loss(self, codes: torch.Tensor, labels=None) -> torch.Tensor:
+        """Mean NLL in nats per code (the training loss); labels as ``Prior.label_ids``."""
+        logits, target = self._code_logits(codes, labels)
+        return F.cross_entropy(logits.reshape(-1, self.codebook_size).float(), target.reshape(-1))
 
     # ----------------------------------------------------------------------- sampling
     def sampling_draws(self) -> tuple[int, ...]:
