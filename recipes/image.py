@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -77,14 +76,6 @@ def quiet_other_ranks(main_rank: bool) -> None:
         warnings.filterwarnings("ignore")
         logging.disable(logging.WARNING)
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-
-
-@torch.no_grad()
-def bits_per_code(prior, codes: torch.Tensor, labels: torch.Tensor, device) -> float:
-    """Mean NLL of ``codes`` (N, *code_shape) under ``prior`` in bits per code (eval mode)."""
-    nll = sum(float(prior.nll(c.to(device), y.to(device)).sum())
-              for c, y in zip(codes.split(512), labels.split(512)))
-    return nll / (codes.numel() * math.log(2))
 
 
 def balanced_indices(labels: torch.Tensor, n: int) -> list[int]:
@@ -167,7 +158,7 @@ def main(argv=None) -> dict:
         return model.loss(batch[0], batch[1]), {}
 
     def prior_eval(model):
-        return {"test_bits_per_code": bits_per_code(model, test_codes, test_y, device)}
+        return {"test_bits_per_code": M.prior_bits_per_code(model, test_codes, test_y)}
 
     prior_cfg = build_config(TrainConfig, cfg["prior_train"], seed=cfg["seed"], device=str(device),
                              progress=cfg["progress"])
@@ -203,10 +194,10 @@ def main(argv=None) -> dict:
     real = test_x.float() / 255
     metrics = {"test_psnr": float(M.psnr(recon_all, real)), "test_ssim": float(M.ssim(recon_all, real))}
     metrics.update(M.codebook_stats(test_codes, tokenizer.codebook_size))
-    metrics["prior_bits_per_code"] = bits_per_code(pipe.prior, test_codes, test_y, device)
+    metrics["prior_bits_per_code"] = M.prior_bits_per_code(pipe.prior, test_codes, test_y)
     n_fit = min(len(train_codes), max(len(test_codes), 1000))  # same scoring on training codes
-    metrics["prior_train_bits_per_code"] = bits_per_code(
-        pipe.prior, train_codes[:n_fit], data.train_y[:n_fit], device)
+    metrics["prior_train_bits_per_code"] = M.prior_bits_per_code(
+        pipe.prior, train_codes[:n_fit], data.train_y[:n_fit])
     warning = M.overfitting_warning(metrics["prior_train_bits_per_code"],
                                     metrics["prior_bits_per_code"], what=f"{cfg['prior']} prior")
     if warning:

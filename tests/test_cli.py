@@ -57,6 +57,8 @@ def test_train_tokenizer_prior_evaluate_generate(tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(metrics) >= {"test_psnr", "test_ssim", "perplexity", "usage", "prior_bits_per_code"}
     assert all(isinstance(v, float) for v in metrics.values())
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics  # saved for the report
+    assert json.loads((tmp_path / "run" / "labels.json").read_text())["9"] == "9"
     assert main(["generate", run, "--n", "3", "--labels", "0,1,2", "--out", str(tmp_path / "gen")]) == 0
     assert len(list((tmp_path / "gen").glob("*.png"))) == 4
     assert main(["train", "prior", run, "--prior", "pixelcnn", *common, "hiddn=16"]) == 2

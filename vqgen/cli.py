@@ -1,13 +1,13 @@
 """``vqgen`` command line: data, training, encode/decode, generation, evaluation, report.
 
     vqgen data prepare fashion-mnist
-    vqgen train tokenizer --dataset digits --run-dir runs/d --steps 200
-    vqgen train prior runs/d --prior transformer --steps 300
+    vqgen train tokenizer --dataset digits --run-dir runs/d --steps 200 --preset image_tokenizer_debug
+    vqgen train prior runs/d --dataset digits --prior pixelcnn --steps 200 hidden=32 num_layers=2
+    vqgen generate runs/d --n 16 --labels 3 --seed 0          # -> runs/d/samples/generated/
     vqgen encode runs/d/tokenizer img1.png img2.png --out codes.safetensors
     vqgen decode runs/d/tokenizer codes.safetensors --out decoded/
-    vqgen generate runs/d --n 16 --labels 3 --seed 0 --out samples/
-    vqgen evaluate runs/d --dataset digits
-    vqgen report runs/d
+    vqgen evaluate runs/d --dataset digits                    # -> runs/d/metrics.json
+    vqgen report runs/d                                       # -> runs/d/report.html
 
 User mistakes (bad paths, bad values, corrupt checkpoints) print one line on stderr and exit 2.
 """
@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import sys
 from pathlib import Path
 
 
 def _labels(text: str | None):
+    """``--labels``: comma-separated class ids and/or names ("Dress,3"); one value or a list."""
     if text is None:
         return None
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--labels expects comma-separated integers, got {text!r}") from None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"--labels expects comma-separated class ids or names, got {text!r}")
+    values = [int(v) if v.lstrip("-").isdigit() else v for v in values]
     return values[0] if len(values) == 1 else values
 
 
@@ -95,8 +95,12 @@ def _image_files(paths: list[str]):
 
 # --------------------------------------------------------------------------- commands
 def cmd_data_prepare(args) -> None:
+    if args.name == "speech":
+        from .data.speech import prepare_speech
+        print(f"prepared speech in {prepare_speech(root=args.root)}")
+        return
     from .data.images import prepare_image_dataset
-    path = prepare_image_dataset(args.name, root=args.root)
+    path = prepare_image_dataset(args.name, root=args.root, image_size=args.image_size)
     print(f"prepared {args.name} in {path}")
 
 
@@ -138,15 +142,18 @@ def cmd_train_tokenizer(args) -> None:
 
     from .config import parse_overrides
     from .data.images import load_image_dataset
+    from .pipeline import write_labels
     from .tokenizers import image as image_tokenizers
     from .training import train
     config = _train_config(args)
-    data = load_image_dataset(args.dataset, root=args.root, limit=args.limit)
+    data = load_image_dataset(args.dataset, root=args.root, limit=args.limit,
+                              image_size=args.image_size)
     preset = getattr(image_tokenizers, args.preset, None)
     if not args.preset.startswith("image_tokenizer") or not callable(preset):
         raise ValueError(f"unknown tokenizer preset {args.preset!r}; expected a function "
                          f"image_tokenizer_* in vqgen.tokenizers.image")
     model = preset(in_channels=data.train_x.shape[1], **parse_overrides(args.overrides))
+    write_labels(args.run_dir, data.class_names)
     result = train(model, TensorDataset(data.train_x), args.run_dir, config,
                    component="tokenizer", step_fn=lambda m, b: (lambda o: (o.loss, o.metrics))(m(b[0])))
     print(f"trained tokenizer for {result.steps} steps in {result.seconds:.1f}s -> {args.run_dir}/tokenizer")
@@ -159,12 +166,13 @@ def cmd_train_prior(args) -> None:
     from .config import parse_overrides
     from .data.codes import encode_cached
     from .data.images import load_image_dataset
-    from .pipeline import MODEL_CLASSES
+    from .pipeline import MODEL_CLASSES, write_labels
     from .training import resolve_device, train
     run_dir = Path(args.run_dir)
     config = _train_config(args)
     tokenizer = _load(run_dir / "tokenizer", "tokenizer")
-    data = load_image_dataset(args.dataset, root=args.root, limit=args.limit)
+    data = load_image_dataset(args.dataset, root=args.root, limit=args.limit,
+                              image_size=args.image_size)
     codes = encode_cached(tokenizer, run_dir / "tokenizer", "train", data.train_x, run_dir / "codes",
                           device=resolve_device(args.device))
     name = {"transformer": "TransformerPrior", "pixelcnn": "PixelCNNPrior"}[args.prior]
@@ -172,7 +180,9 @@ def cmd_train_prior(args) -> None:
     import importlib
     cls = getattr(importlib.import_module(module), cls_name)
     prior = cls.from_config(codebook_size=tokenizer.codebook_size, code_shape=tuple(codes.shape[1:]),
-                            num_classes=len(data.classes), **parse_overrides(args.overrides))
+                            num_classes=len(data.classes), id2label=data.id2label,
+                            **parse_overrides(args.overrides))
+    write_labels(run_dir, data.class_names)
     result = train(prior, TensorDataset(codes, data.train_y), run_dir, config,
                    component="prior", step_fn=lambda m, b: (m.loss(b[0], b[1]), {}))
     print(f"trained {args.prior} prior for {result.steps} steps in {result.seconds:.1f}s -> {run_dir}/prior")
@@ -214,13 +224,15 @@ def cmd_decode(args) -> None:
 def cmd_generate(args) -> None:
     from .pipeline import GenerationPipeline
     from .training import resolve_device
-    _out_dir(args.out)
+    out = args.out or str(Path(args.run_dir) / "samples" / "generated")
+    _out_dir(out)
     pipe = GenerationPipeline.from_pretrained(args.run_dir, map_location=resolve_device(args.device))
-    samples = pipe.generate(args.n, labels=_labels(args.labels), seed=args.seed,
+    labels = _labels(args.labels)
+    samples = pipe.generate(args.n, labels=labels, seed=args.seed, batch_size=64, progress=True,
                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             cfg_scale=args.cfg_scale)
-    paths = pipe.save(samples, args.out)
-    print(f"wrote {len(paths)} file(s) to {args.out}")
+    paths = pipe.save(samples, out, labels=labels)
+    print(f"wrote {len(paths)} file(s) to {out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -229,18 +241,33 @@ def cmd_evaluate(args) -> None:
     from . import metrics as M
     from .data.codes import encode_batches
     from .data.images import load_image_dataset
+    from .modeling import atomic_write_text
     from .pipeline import GenerationPipeline
+    from .progress import progress_bar
     pipe = GenerationPipeline.from_pretrained(args.run_dir)
-    data = load_image_dataset(args.dataset, root=args.root)
+    data = load_image_dataset(args.dataset, root=args.root, image_size=args.image_size)
     x, y = data.test_x[:args.limit], data.test_y[:args.limit]
-    codes = encode_batches(pipe.tokenizer, x)
-    recon = torch.cat([pipe.decode(c) for c in codes.split(256)])
+    codes = encode_batches(pipe.tokenizer, x, desc="encode test")
+    recon = torch.cat([pipe.decode(c) for c in progress_bar(codes.split(256), desc="decode")])
     real = x.float() / 255
     out = {"test_psnr": float(M.psnr(recon, real)), "test_ssim": float(M.ssim(recon, real))}
     out.update({k: float(v) for k, v in M.codebook_stats(codes, pipe.tokenizer.codebook_size).items()})
-    with torch.no_grad():
-        nll = sum(float(pipe.prior.nll(c, l).sum()) for c, l in zip(codes.split(256), y.split(256)))
-    out["prior_bits_per_code"] = nll / (codes.numel() * math.log(2))
+    n_fit = min(len(data.train_x), max(len(x), 1000))
+    train_codes = encode_batches(pipe.tokenizer, data.train_x[:n_fit], desc="encode train")
+    out["prior_bits_per_code"] = M.prior_bits_per_code(pipe.prior, codes, y)
+    out["prior_train_bits_per_code"] = M.prior_bits_per_code(pipe.prior, train_codes,
+                                                             data.train_y[:n_fit])
+    warning = M.overfitting_warning(out["prior_train_bits_per_code"], out["prior_bits_per_code"])
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    path = Path(args.run_dir) / "metrics.json"
+    try:  # keep what the recipe measured (samples, wall time); update what was re-measured
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        merged = {}
+    merged = {**(merged if isinstance(merged, dict) else {}), **out}
+    atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    print(f"metrics -> {path}")
     print(json.dumps(out))
 
 
@@ -257,72 +284,114 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _tokenizer_presets() -> list[str]:
+    """Names of the image tokenizer presets (functions ``image_tokenizer_*``)."""
+    from .tokenizers import image as image_tokenizers
+    return sorted(n for n in dir(image_tokenizers)
+                  if n.startswith("image_tokenizer_") and callable(getattr(image_tokenizers, n)))
+
+
+DATASET_HELP = ("fashion-mnist | digits | cifar10 | folder:/path (a folder of <class>/<image> "
+                "files) (default: %(default)s)")
+
+
+def _data_options(s: argparse.ArgumentParser, default: str = "fashion-mnist") -> None:
+    s.add_argument("--dataset", default=default, help=DATASET_HELP)
+    s.add_argument("--root", default="data", help="where prepared datasets are cached and raw "
+                   "files are looked for first (default: %(default)s)")
+    s.add_argument("--image-size", type=_positive_int, default=None, metavar="N",
+                   help="resize images to N x N (default: keep the native size; a folder of "
+                   "mixed sizes becomes 64 x 64)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vqgen", description="VQ-VAE tokenizers and discrete priors.")
+    p = _Parser(prog="vqgen", description="VQ-VAE tokenizers and discrete priors: train, "
+                "encode, decode, generate, evaluate, report. Run 'vqgen COMMAND --help' for "
+                "a command's options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="action", required=True)
-    prep = data.add_parser("prepare", help="download/convert a dataset into data/<name>/")
+    prep = data.add_parser("prepare", help="convert a dataset into <root>/<name>/prepared")
     prep.add_argument("name", help="fashion-mnist | digits | cifar10 | folder:/path")
-    prep.add_argument("--root", default="data")
+    prep.add_argument("--root", default="data", help="cache folder (default: %(default)s)")
+    prep.add_argument("--image-size", type=_positive_int, default=None, metavar="N",
+                      help="for folders: prepare at N x N (default: native size)")
     prep.set_defaults(func=cmd_data_prepare)
 
     tr = sub.add_parser("train", help="train a tokenizer or a prior").add_subparsers(dest="stage", required=True)
+    presets = _tokenizer_presets()
     for stage, func in (("tokenizer", cmd_train_tokenizer), ("prior", cmd_train_prior)):
         s = tr.add_parser(stage, help=f"train the {stage} (stage {1 if stage == 'tokenizer' else 2})")
-        s.add_argument("run_dir" if stage == "prior" else "--run-dir", **({} if stage == "prior" else {"required": True}))
-        s.add_argument("--dataset", default="fashion-mnist")
-        s.add_argument("--root", default="data")
-        s.add_argument("--limit", type=_positive_int, default=None, help="first N training items")
-        s.add_argument("--steps", type=int, default=1000)
-        s.add_argument("--batch-size", type=int, default=128)
-        s.add_argument("--lr", type=float, default=1e-3 if stage == "tokenizer" else 5e-4)
-        s.add_argument("--device", default="auto")
-        s.add_argument("--seed", type=int, default=0)
+        if stage == "prior":
+            s.add_argument("run_dir", help="run directory holding tokenizer/ (from 'vqgen train "
+                           "tokenizer'); the prior is written to RUN_DIR/prior")
+        else:
+            s.add_argument("--run-dir", required=True, help="run directory to create or resume; "
+                           "the tokenizer is written to RUN_DIR/tokenizer")
+        _data_options(s)
+        s.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                       help="use only the first N training items (default: all)")
+        s.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: %(default)s)")
+        s.add_argument("--batch-size", type=int, default=128, help="default: %(default)s")
+        s.add_argument("--lr", type=float, default=1e-3 if stage == "tokenizer" else 5e-4,
+                       help="peak learning rate (default: %(default)s)")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+        s.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default: %(default)s)")
         s.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
                        help="write a resumable checkpoint every N steps (default: steps/10, "
                             "at most 100, and always at the end)")
         if stage == "tokenizer":
-            s.add_argument("--preset", default="image_tokenizer_28x28_gray")
+            s.add_argument("--preset", default="image_tokenizer_28x28_gray", choices=presets,
+                           metavar="PRESET", help=f"tokenizer size: {', '.join(presets)} "
+                           "(default: %(default)s; image_tokenizer_debug is tiny)")
+            s.add_argument("overrides", nargs="*", help="ImageTokenizerConfig overrides key=value, "
+                           "e.g. codebook_size=256 channels=16")
         else:
-            s.add_argument("--prior", choices=["transformer", "pixelcnn"], default="transformer")
-        s.add_argument("overrides", nargs="*", help="model config overrides key=value")
+            s.add_argument("--prior", choices=["transformer", "pixelcnn"], default="transformer",
+                           help="prior architecture (default: %(default)s)")
+            s.add_argument("overrides", nargs="*", help="prior config overrides key=value; a "
+                           "small PixelCNN: hidden=32 num_layers=2; a small transformer: "
+                           "hidden_size=64 num_layers=2 num_heads=2")
         s.set_defaults(func=func)
 
     enc = sub.add_parser("encode", help="images -> codes (.safetensors)")
-    enc.add_argument("tokenizer", help="tokenizer directory")
-    enc.add_argument("inputs", nargs="+", help="image files (same size)")
-    enc.add_argument("--out", required=True)
+    enc.add_argument("tokenizer", help="tokenizer directory (e.g. runs/d/tokenizer)")
+    enc.add_argument("inputs", nargs="+", help="image files of one size (PNG, JPEG, ...)")
+    enc.add_argument("--out", required=True, help="codes file to write (.safetensors, key 'codes')")
     enc.set_defaults(func=cmd_encode)
 
     dec = sub.add_parser("decode", help="codes (.safetensors) -> images")
-    dec.add_argument("tokenizer")
-    dec.add_argument("codes")
-    dec.add_argument("--out", required=True)
+    dec.add_argument("tokenizer", help="tokenizer directory (e.g. runs/d/tokenizer)")
+    dec.add_argument("codes", help="codes file from 'vqgen encode' (.safetensors, key 'codes')")
+    dec.add_argument("--out", required=True, help="folder for grid.png + one PNG per image")
     dec.set_defaults(func=cmd_decode)
 
     gen = sub.add_parser("generate", help="sample from a run dir (tokenizer/ + prior/)")
-    gen.add_argument("run_dir")
-    gen.add_argument("--n", type=int, default=16)
-    gen.add_argument("--labels", default=None, help="one class id, or n comma-separated ids")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--cfg-scale", type=float, default=1.0)
-    gen.add_argument("--device", default="cpu")
-    gen.add_argument("--out", default="samples")
+    gen.add_argument("run_dir", help="run directory holding tokenizer/ and prior/")
+    gen.add_argument("--n", type=_positive_int, default=16, help="number of samples (default: %(default)s)")
+    gen.add_argument("--labels", default=None, help="class-conditional priors: one class id or "
+                     "name for all samples, or n comma-separated ids/names, e.g. 3 or Dress or "
+                     "Dress,3 (names from RUN_DIR/labels.json)")
+    gen.add_argument("--seed", type=int, default=None, help="same seed, same samples (default: random)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (default: %(default)s)")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    gen.add_argument("--cfg-scale", type=float, default=1.0,
+                     help="classifier-free guidance scale; needs --labels (default: %(default)s)")
+    gen.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    gen.add_argument("--out", default=None, help="output folder for grid.png (+ grid.json) and "
+                     "one PNG per sample (default: RUN_DIR/samples/generated, shown by 'vqgen report')")
     gen.set_defaults(func=cmd_generate)
 
-    ev = sub.add_parser("evaluate", help="tokenizer + prior metrics on a test set")
-    ev.add_argument("run_dir")
-    ev.add_argument("--dataset", default="fashion-mnist")
-    ev.add_argument("--root", default="data")
-    ev.add_argument("--limit", type=_positive_int, default=None)
+    ev = sub.add_parser("evaluate", help="tokenizer + prior metrics on a test set -> RUN_DIR/metrics.json")
+    ev.add_argument("run_dir", help="run directory holding tokenizer/ and prior/")
+    _data_options(ev)
+    ev.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                    help="evaluate on the first N test items (default: all)")
     ev.set_defaults(func=cmd_evaluate)
 
-    rep = sub.add_parser("report", help="write RUN_DIR/report.html")
-    rep.add_argument("run_dir")
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
+    rep.add_argument("run_dir", help="run directory")
     rep.set_defaults(func=cmd_report)
     return p
 

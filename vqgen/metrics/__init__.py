@@ -21,7 +21,7 @@ from ..modeling import atomic_write, atomic_write_text
 from ..progress import progress_bar
 from .glossary import describe_metric, overfitting_warning
 
-__all__ = ["psnr", "ssim", "codebook_stats", "bits_per_code", "ImageClassifier",
+__all__ = ["psnr", "ssim", "codebook_stats", "bits_per_code", "prior_bits_per_code", "ImageClassifier",
            "train_classifier", "class_accuracy", "frechet_distance", "token_accuracy",
            "exact_match", "describe_metric", "overfitting_warning"]
 
@@ -135,6 +135,23 @@ def bits_per_code(nll_nats_total: float, num_codes: int) -> float:
     if num_codes <= 0:
         raise ValueError(f"num_codes must be positive, got {num_codes}")
     return float(nll_nats_total) / (num_codes * math.log(2.0))
+
+
+@torch.no_grad()
+def prior_bits_per_code(prior: nn.Module, codes: torch.Tensor, labels: torch.Tensor | None = None,
+                        batch_size: int = 512) -> float:
+    """Mean negative log-likelihood of ``codes`` ``(N, *code_shape)`` under ``prior`` (its
+    ``nll(codes, labels) -> (B,)`` nats), in bits per code, in batches on the prior's device.
+    ``labels``: ``(N,)`` or None. Raises ``ValueError`` for mismatched lengths or no codes."""
+    if len(codes) == 0 or (labels is not None and len(labels) != len(codes)):
+        raise ValueError(f"expected N >= 1 codes and N labels, got {len(codes)} codes and "
+                         f"{None if labels is None else len(labels)} labels")
+    device = next(prior.parameters()).device
+    total = 0.0
+    for i in range(0, len(codes), batch_size):
+        y = None if labels is None else labels[i:i + batch_size].to(device)
+        total += float(prior.nll(codes[i:i + batch_size].to(device), y).sum())
+    return bits_per_code(total, codes.numel())
 
 
 # --------------------------------------------------------------------------- classifier
