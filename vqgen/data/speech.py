@@ -13,6 +13,10 @@ are never spoken in training), and ``num_unseen_voices`` voices are held out ent
 split holds test sentences spoken by the seen voices *and* by the unseen voices; the manifest
 records which voices are unseen (``unseen_voices``) so metrics can be reported for both.
 
+The split (which voice speaks which sentence, with which jitter) is a function of ``seed``;
+espeak-ng's samples are not bit-reproducible between calls (synthesis state carries over), so
+the prepared arrays are cached and reused rather than regenerated.
+
 Prepared data lives in ``<root>/speech/prepared/`` (see :mod:`vqgen.data.cache`): int16 audio
 back to back with offsets, labels and sentence ids per split, and the class names.
 """
