@@ -569,10 +569,14 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
     steps loads those weights into ``model`` and returns at once; a larger ``steps`` continues it.
 
     Raises:
-        ValueError: bad config/component/step_fn output, dataset smaller than one batch, or a
-            state file that is corrupt or belongs to another model.
+        ValueError: bad config/component/step_fn output, dataset smaller than one batch, a
+            state file that is corrupt, incomplete or belongs to another model (or config), or
+            ``run_dir`` is a file.
+        vqgen.runs.RunLockedError: (a ``ValueError``) another process trains in ``run_dir``.
         TrainingDivergedError: the loss or gradient norm became NaN/inf; the last good
             checkpoint is left as it was.
+        OSError: the disk is full (``ENOSPC``) or ``run_dir`` is not writable; the train state
+            and the export stay consistent and the next call resumes.
     """
     if component not in ("tokenizer", "prior"):
         raise ValueError(f"component must be 'tokenizer' or 'prior', got {component!r}")
