@@ -275,3 +275,4 @@ def test_glossary_and_overfitting_warning():
         assert key in METRICS
     assert "2.6x" in overfitting_warning(1.0, 2.6)
     assert overfitting_warning(3.0, 3.1) is None and overfitting_warning(None, 2.0) is None
+
