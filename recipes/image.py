@@ -26,7 +26,9 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+if "WORLD_SIZE" in os.environ:  # torchrun: keep PyTorch's C++ warnings (one per rank) quiet
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+import torch  # noqa: E402 - after the log level is set
 from torch.utils.data import TensorDataset
 
 from vqgen import metrics as M

@@ -183,3 +183,11 @@ def test_classifier_rejects_bad_shapes(digits):
         train_classifier(digits.train_x, digits.train_y[:5], digits.test_x, digits.test_y, steps=1)
     with pytest.raises(ValueError, match="expected images"):
         ImageClassifier(in_channels=3)(digits.test_x[:2])
+
+
+def test_classifier_trains_for_very_few_steps():
+    from vqgen.metrics import train_classifier
+    x = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(16) % 2
+    model, acc = train_classifier(x, y, x, y, steps=3, batch_size=4, width=4)
+    assert 0.0 <= acc <= 1.0 and not model.training

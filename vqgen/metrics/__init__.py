@@ -243,7 +243,8 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1),
+    # OneCycleLR needs >= 2 warmup steps (pct_start * total); a very short run ends early in it
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 20),
                                                 pct_start=0.1)
     pad = max(1, train_x.shape[-1] // 14)  # random shifts of up to ~7% of the width
     model.train()
