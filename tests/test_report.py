@@ -276,3 +276,14 @@ def test_glossary_and_overfitting_warning():
     assert "2.6x" in overfitting_warning(1.0, 2.6)
     assert overfitting_warning(3.0, 3.1) is None and overfitting_warning(None, 2.0) is None
 
+
+
+def test_tiles_beside_a_grid_are_not_repeated(tmp_path):
+    out = tmp_path / "run" / "samples" / "generated"
+    out.mkdir(parents=True)
+    for name in ("grid.png", "0000.png", "0001.png", "x_grid.png", "x_0000.png", "1234.png"):
+        Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(out / name)
+    (out / "1234.png").rename(tmp_path / "run" / "samples" / "1234.png")  # no grid beside it
+    page = write_report(tmp_path / "run").read_text(encoding="utf-8")
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    assert sorted(captions) == ["1234", "generated / grid", "generated / x grid"]

@@ -37,6 +37,7 @@ import datetime
 import io
 import json
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Any, Iterable
@@ -342,13 +343,20 @@ def _href(target: Path, base: Path) -> str:
     return urllib.parse.quote(Path(rel).as_posix())
 
 
+def _grid_tile(path: Path) -> bool:
+    """True for ``<prefix>0003.png`` beside a ``<prefix>grid.png`` (``GenerationPipeline.save``
+    writes both): the grid already shows that image."""
+    match = re.fullmatch(r"(.*?)\d{4}", path.stem)
+    return bool(match) and path.with_name(f"{match.group(1)}grid{path.suffix}").is_file()
+
+
 def _samples_sections(samples_dir: Path, out_dir: Path, notes: list[str]) -> str:
     files = sorted(p for p in samples_dir.rglob("*") if p.is_file())
     audio = [p for p in files if p.suffix.lower() in AUDIO_MIME]
     audio_stems = {p.with_suffix("") for p in audio}
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     companions = {p.with_suffix(""): p for p in images if p.with_suffix("") in audio_stems}
-    images = [p for p in images if p.with_suffix("") not in audio_stems]
+    images = [p for p in images if p.with_suffix("") not in audio_stems and not _grid_tile(p)]
     recons = [p for p in images if "recon" in p.name.lower()]
     others = [p for p in images if p not in recons]
     texts = [p for p in files if p.suffix.lower() in TEXT_SUFFIXES]
