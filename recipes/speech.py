@@ -32,10 +32,11 @@ from vqgen.metrics.audio_classifier import (audio_class_accuracy, audio_frechet_
                                             crop_clips, mel_frechet_distance,
                                             train_audio_classifier)
 from vqgen.modeling import atomic_write_text, build_config
-from vqgen.pipeline import GenerationPipeline, save_png, write_labels
+from vqgen.pipeline import GenerationPipeline, write_labels
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
 from vqgen.report import write_report
+from vqgen.spectrogram import save_spectrogram_png
 from vqgen.tokenizers import audio as audio_tokenizers
 from vqgen.tokenizers.audio import AudioTokenizer
 from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
@@ -66,14 +67,6 @@ def fixed_length(clips, index, seconds: float) -> torch.Tensor:
         c = clips.clip(int(i))[:t]
         waves[row, 0, :len(c)] = c
     return waves
-
-
-def spectrogram_png(wave: torch.Tensor, path: Path) -> None:
-    """Log-magnitude spectrogram of ``(T,)`` (low frequencies at the bottom) as a grey PNG."""
-    spec = torch.stft(wave.float(), 512, 128, window=torch.hann_window(512), return_complex=True).abs()
-    db = 20 * spec.clamp(min=1e-5).log10()
-    img = ((db - db.max() + 80) / 80).clamp(0, 1).flip(0)          # (F, frames), 80 dB range
-    save_png(img[None], path)
 
 
 def main(argv=None) -> dict:
@@ -195,7 +188,7 @@ def main(argv=None) -> dict:
                 outs[f"{kbps}kbps"] = tokenizer.decode(codes[:, :n], length=wave.shape[-1])[0, 0].cpu()
             for what, w in outs.items():
                 write_audio(samples_dir / f"{tag}_{what}.wav", w, tokenizer.sample_rate)
-                spectrogram_png(w, samples_dir / f"{tag}_{what}.png")
+                save_spectrogram_png(w, tokenizer.sample_rate, samples_dir / f"{tag}_{what}.png")
 
     # 4. Prior: encode every clip (cached), train a voice-conditioned prior on code windows ---
     pd = cfg["prior_data"]
