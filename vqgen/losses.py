@@ -66,7 +66,7 @@ def compress(spec: Tensor, power: float, eps: float = 1e-8) -> Tensor:
 
 # --------------------------------------------------------------------------- spectral losses
 def compressed_spectrum_loss(pred: Tensor, target: Tensor, n_fft: int = 320, hop: int = 160,
-                             power: float = 0.3, mag_weight: float = 1.0) -> Tensor:
+                             power: float = 0.3, mag_weight: float = 0.0) -> Tensor:
     """``MSE(C(pred), C(target)) + mag_weight * MSE(|C(pred)|, |C(target)|)`` where ``C`` is
     the power-law compressed complex STFT (real and imaginary parts compared)."""
     pred, target = _check_pair(pred, target)
@@ -79,7 +79,7 @@ def compressed_spectrum_loss(pred: Tensor, target: Tensor, n_fft: int = 320, hop
     return loss
 
 
-def spectrum_mse(pred: Tensor, target: Tensor, mag_weight: float = 1.0) -> Tensor:
+def spectrum_mse(pred: Tensor, target: Tensor, mag_weight: float = 0.0) -> Tensor:
     """MSE of compressed spectra given as real | imag stacked on dim 1 (``(B, 2F, N)``), plus
     ``mag_weight`` x MSE of their magnitudes."""
     if pred.shape != target.shape:
@@ -161,7 +161,8 @@ class AudioLossConfig:
     """Weights of :class:`AudioReconstructionLoss` (0 turns a term off)."""
 
     complex_weight: float = 1.0        # compressed complex-spectrum MSE
-    magnitude_weight: float = 1.0      # ... plus this x compressed-magnitude MSE (inside the term)
+    magnitude_weight: float = 0.0      # ... plus this x compressed-magnitude MSE (inside the term;
+                                       # > 0 lets a codec settle for right magnitudes, random phase)
     mel_weight: float = 0.1
     stft_weight: float = 0.0           # multi-resolution STFT loss
     waveform_weight: float = 0.0       # L1 on samples
