@@ -42,7 +42,7 @@ from bench_priors import device_name, emit, time_runs  # noqa: E402
 from vqgen.priors.transformer import TransformerPrior  # noqa: E402
 
 LEVELS, CODEBOOK, VOICES, FRAME_RATE = 8, 1024, 16, 50.0
-PRIOR_SIZE = dict(hidden_size=256, num_layers=4, num_heads=4)  # recipes/configs/speech.yaml
+PRIOR_SIZE = dict(hidden_size=192, num_layers=4, num_heads=4)  # recipes/configs/speech.yaml
 
 
 def make_prior(layout: str, frames: int, **size) -> TransformerPrior:
