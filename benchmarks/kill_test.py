@@ -4,7 +4,8 @@ For each stage (tokenizer, then a PixelCNN prior on its codes) the script trains
 reference run, then trains the same command in a second run directory, killing the process with
 SIGKILL again and again and restarting it, until it finishes. Half of the kills come at a random
 moment in the expected lifetime of the process, half as soon as a temporary file of a write shows
-up (so they land inside checkpoint writes). Each run is ``vqgen.cli.main(argv)`` in a forked child
+up (so they land inside checkpoint writes; ``--slow-writes`` makes each file pause briefly after
+its first chunk, a slow disk, so that they do). Each run is ``vqgen.cli.main(argv)`` in a forked child
 of this script: torch is imported once, so a restart costs no interpreter start-up, and the kill
 is a real SIGKILL of that child process. After every kill it checks:
 
@@ -61,6 +62,29 @@ def command(stage: str, run: Path, data: Path, steps: int, every: int) -> list[s
     return ["train", "prior", str(run), "--prior", "pixelcnn", *common, "hidden=16", "num_layers=2"]
 
 
+SLOW_WRITES = 0.0                         # seconds of sleep per write() in children (main sets it)
+
+
+def slow_down_writes(seconds: float) -> None:
+    """A slow disk: each file vqgen's atomic writers write pauses ``seconds`` after its first
+    chunk, so checkpoint writes last long enough for kills to land inside them (timing only;
+    the bytes are unchanged)."""
+    import io
+
+    import vqgen.atomic as atomic
+
+    class SlowFile(io.FileIO):
+        paused = False
+
+        def write(self, data):
+            n = super().write(data)
+            if not self.paused:      # once per file, after its first chunk
+                self.paused = True
+                time.sleep(seconds)
+            return n
+    atomic._open_for_write = lambda path: SlowFile(path, "wb")
+
+
 class Child:
     """``vqgen <argv>`` in a forked child of this process (which has torch imported already, so
     a start costs no interpreter start-up); the parent kills it with a real SIGKILL."""
@@ -78,6 +102,8 @@ class Child:
                 fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 2)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+                if SLOW_WRITES:
+                    slow_down_writes(SLOW_WRITES)
                 code = cli_main(argv)
             finally:
                 os._exit(code)
@@ -225,7 +251,11 @@ def main() -> int:
     p.add_argument("--checkpoint-every", type=int, default=2)
     p.add_argument("--workdir", default="/tmp/vqgen-kill-test")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-writes", type=float, default=0.1,
+                   help="seconds each written file pauses after its first chunk (0: off)")
     args = p.parse_args()
+    global SLOW_WRITES
+    SLOW_WRITES = args.slow_writes
     work, rng = Path(args.workdir), random.Random(args.seed)
     if work.exists():
         import shutil
@@ -236,7 +266,7 @@ def main() -> int:
                "export_ahead": 0, "interrupted_swaps": 0, "restarts_refused": 0, "starts": 0,
                "identical": True, "rounds": 0}
     stage_kills: dict[str, int] = {}
-    global LOG_DIR
+    global LOG_DIR  # noqa: PLW0603
     LOG_DIR = work / "logs"
     LOG_DIR.mkdir(parents=True)
     if start(["data", "prepare", "digits", "--root", str(data)]).wait() != 0:
