@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..progress import progress_bar
 from .cache import load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def _prepare_folder(path: Path, size: int | None, seed: int) -> tuple[dict, dict
     else:
         resize = lambda im: im  # noqa: E731 - native size kept
     imgs, labels = [], []
-    for file, label in folder.samples:
+    for file, label in progress_bar(folder.samples, desc=f"read {path.name}"):
         with Image.open(file) as im:
             imgs.append(np.asarray(resize(im.convert("RGB")), dtype=np.uint8))  # (H, W, 3)
         labels.append(label)
