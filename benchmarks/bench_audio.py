@@ -12,11 +12,12 @@ training throughput; optionally held-out bits per code of both layouts. One JSON
 - ``audio_codec_train``: forward + backward + AdamW step of the same codec on batches of
   ``16 x 0.5 s`` (the recipe's default crops); ``audio_seconds_per_second``.
 - ``audio_prior_bits`` (with ``--codes RUN_DIR``): trains a delay and a frame-major prior of the
-  same size for ``--train-steps`` steps on windows of the run's cached codes
-  (``RUN_DIR/codes/{train,test}.safetensors``, written by recipes/speech.py) and reports each
-  one's held-out bits per code (test sentences, seen voices) and their ratio.
+  same size for ``--train-steps`` steps on ``--frames`` windows of the run's cached codes
+  (``RUN_DIR/codes/{train,test}.safetensors``, written by recipes/speech.py; without them the
+  speech data is encoded with ``RUN_DIR/tokenizer``) and reports each one's held-out bits per
+  code (test sentences, seen voices) and their ratio.
 
-``seconds`` is the median of ``--repeats`` timed runs after one warm-up. Use ``--threads 1`` when
+``seconds`` is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones. Use ``--threads 1`` when
 another job trains on the machine, and say so with the numbers.
 
     python benchmarks/bench_audio.py --threads 2
@@ -58,7 +59,7 @@ def bench_sampling(args, device: torch.device, info: dict) -> None:
     for layout in ("delay", "frames"):
         prior = make_prior(layout, args.frames).to(device)
         times = time_runs(lambda: prior.generate(args.n, labels, generator=torch.Generator().manual_seed(0)),
-                          device, args.repeats)
+                          device, args.repeats, args.warmup)
         seconds[layout] = sorted(times)[len(times) // 2]
         emit(bench="audio_prior_sampling", layout=layout, steps=prior.seq_len, n=args.n,
              frames=args.frames, seconds=round(seconds[layout], 3),
@@ -75,8 +76,8 @@ def bench_codec(args, device: torch.device, info: dict) -> None:
     rate = tok.sample_rate
     wave = 0.1 * torch.randn(1, 1, int(args.clip_seconds * rate), device=device)
     codes = tok.encode(wave)
-    enc = time_runs(lambda: tok.encode(wave), device, args.repeats)
-    dec = time_runs(lambda: tok.decode(codes), device, args.repeats)
+    enc = time_runs(lambda: tok.encode(wave), device, args.repeats, args.warmup)
+    dec = time_runs(lambda: tok.decode(codes), device, args.repeats, args.warmup)
     for what, times in (("encode", enc), ("decode", dec)):
         s = sorted(times)[len(times) // 2]
         emit(bench="audio_codec_rtf", op=what, clip_seconds=args.clip_seconds, seconds=round(s, 3),
@@ -91,10 +92,26 @@ def bench_codec(args, device: torch.device, info: dict) -> None:
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-    times = time_runs(step, device, args.repeats)
+    times = time_runs(step, device, args.repeats, args.warmup)
     s = sorted(times)[len(times) // 2]
     emit(bench="audio_codec_train", batch="16 x 0.5 s", seconds_per_step=round(s, 3),
          audio_seconds_per_second=round(16 * 0.5 / s, 2), **info)
+
+
+def encode_speech(tok_dir: Path, work: Path, clips_per_voice: int):
+    """Codes of the prepared speech data (``data/``): the first ``clips_per_voice`` training
+    clips of each voice, and every test clip; cached under ``work/codes``."""
+    import numpy as np
+
+    from vqgen.data.codes import encode_clips_cached
+    from vqgen.data.speech import load_speech
+    from vqgen.tokenizers.audio import AudioTokenizer
+    data = load_speech("data", progress=False)
+    tok = AudioTokenizer.from_pretrained(tok_dir)
+    labels = np.asarray(data.train.labels)
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == v)[:clips_per_voice] for v in np.unique(labels)]))
+    return (encode_clips_cached(tok, tok_dir, "train", data.train.subset(keep), work / "codes", progress=False),
+            encode_clips_cached(tok, tok_dir, "test", data.test, work / "codes", progress=False))
 
 
 def bench_bits(args, device: torch.device, info: dict) -> None:
@@ -104,8 +121,11 @@ def bench_bits(args, device: torch.device, info: dict) -> None:
     from vqgen.metrics import prior_bits_per_code
     from vqgen.training import TrainConfig, train
     codes_dir = Path(args.codes) / "codes"
-    train_enc = EncodedClips(**load_file(str(codes_dir / "train.safetensors")))
-    test_enc = EncodedClips(**load_file(str(codes_dir / "test.safetensors")))
+    if (codes_dir / "train.safetensors").is_file():
+        train_enc = EncodedClips(**load_file(str(codes_dir / "train.safetensors")))
+        test_enc = EncodedClips(**load_file(str(codes_dir / "test.safetensors")))
+    else:  # a run dir without codes/: encode the speech data with its tokenizer (cached in --work)
+        train_enc, test_enc = encode_speech(Path(args.codes) / "tokenizer", Path(args.work), args.clips_per_voice)
     seen = torch.isin(test_enc.labels, torch.unique(train_enc.labels))
     heldout, heldout_y = fixed_windows(test_enc.subset(seen), args.frames)
     levels = train_enc.codes.shape[0]
@@ -140,9 +160,12 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=8, help="windows sampled per call")
     p.add_argument("--frames", type=int, default=150, help="code frames per window (50 Hz)")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--clip-seconds", type=float, default=10.0)
     p.add_argument("--codes", default=None, help="run dir with codes/ (for --only bits)")
     p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--clips-per-voice", type=int, default=30, help="training clips per voice "
+                   "encoded when the run dir has no codes/")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--work", default="/tmp/vqgen-bench-audio", help="scratch run dirs (bits)")

@@ -387,7 +387,8 @@ class TransformerPrior(Prior):
         for s in progress_bar(range(self.seq_len), desc="sample", enabled=progress):
             hidden = step(s, self._embed(tokens[:, None]))                     # (rows, H)
             levels = self._step_levels(s)
-            logits = torch.einsum("rh,lkh->rlk", hidden, weight[levels])       # (rows, L, K)
+            head = weight[levels[0]:levels[-1] + 1]                            # (L, K, H), a view
+            logits = torch.einsum("rh,lkh->rlk", hidden, head)                 # (rows, L, K)
             if guided:
                 logits = cfg_combine(logits[:m], logits[m:], cfg_scale)
             codes = sample_logits(logits, temperature, top_k, top_p,
