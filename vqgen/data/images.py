@@ -238,7 +238,8 @@ def _folder_sizes(files: list[str]) -> tuple[dict[tuple[int, int], int], bool]:
     return sizes, gray
 
 
-def _prepare_folder(path: Path, size: int | None, seed: int) -> tuple[dict, dict]:
+def _prepare_folder(path: Path, size: int | None, seed: int,
+                    progress: bool = True) -> tuple[dict, dict]:
     """Read ``<path>/<class>/<image>``. ``size`` None keeps the native size when every image
     shares one, else resizes to ``FOLDER_IMAGE_SIZE``; a resize (shorter side to ``size``, then a
     centre crop to ``size x size``) is recorded in the manifest as ``resized``."""
@@ -262,7 +263,8 @@ def _prepare_folder(path: Path, size: int | None, seed: int) -> tuple[dict, dict
     else:
         resize = lambda im: im  # noqa: E731 - native size kept
     imgs, labels = [], []
-    for file, label in progress_bar(folder.samples, desc=f"read {path.name}"):
+    for file, label in progress_bar(folder.samples, desc=f"read {path.name}",
+                                    enabled=progress):
         with Image.open(file) as im:
             imgs.append(np.asarray(resize(im.convert("RGB")), dtype=np.uint8))  # (H, W, 3)
         labels.append(label)
@@ -293,7 +295,7 @@ def _resolve(name: str, image_size: int | None) -> tuple[str, Path | None]:
 
 
 def _load_arrays(name: str, root: Path, split_seed: int, image_size: int | None,
-                 download: bool) -> tuple[dict, dict, str]:
+                 download: bool, progress: bool = True) -> tuple[dict, dict, str]:
     cache_name, folder = _resolve(name, image_size)
     prepared = root / cache_name / "prepared"
     seeded = name == "digits" or folder is not None
@@ -310,7 +312,7 @@ def _load_arrays(name: str, root: Path, split_seed: int, image_size: int | None,
     elif name == "cifar10":
         arrays, meta = _prepare_cifar10(root, download)
     else:
-        arrays, meta = _prepare_folder(folder, image_size, split_seed)
+        arrays, meta = _prepare_folder(folder, image_size, split_seed, progress)
     meta = {**meta, "name": cache_name, "split_seed": split_seed if seeded else None}
     save_arrays(prepared, arrays, **meta)
     meta["arrays"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}
@@ -346,7 +348,8 @@ def load_image_dataset(name: str, root: str | Path = "data", split_seed: int = 0
             one); for built-in datasets a size to resize to after loading (antialiased bilinear,
             not cached). Any resize is printed once on stderr and recorded in ``resized``.
         download: allow the torchvision download fallback.
-        verbose: print the resize note (off on non-main DDP ranks).
+        verbose: print the resize note and show progress while reading a folder (off on
+            non-main DDP ranks).
 
     Returns:
         :class:`ImageData` with uint8 images ``(N, C, H, W)`` and int64 labels ``(N,)``.
@@ -359,7 +362,8 @@ def load_image_dataset(name: str, root: str | Path = "data", split_seed: int = 0
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
-    arrays, meta, cache_name = _load_arrays(str(name), Path(root), split_seed, image_size, download)
+    arrays, meta, cache_name = _load_arrays(str(name), Path(root), split_seed, image_size, download,
+                                            progress=verbose)
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     if limit is not None:
         t = {k: v[:limit] for k, v in t.items()}
