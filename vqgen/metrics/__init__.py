@@ -253,7 +253,7 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         bar = progress_bar(range(steps), desc="classifier", enabled=progress)
-        for _ in bar:
+        for step in bar:
             idx = torch.randint(0, len(train_x), (batch_size,), generator=gen)
             x = _as_float_images(train_x[idx]).to(device)  # (B, C, H, W)
             y = train_y[idx].long().to(device)
@@ -264,7 +264,7 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch
             loss.backward()
             opt.step()
             sched.step()
-            if bar.n % 20 == 0:
+            if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     acc = class_accuracy(test_x, test_y, model)
