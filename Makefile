@@ -21,6 +21,10 @@ data:
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
 	  echo "note: Fashion-MNIST not installed; the demo falls back to scikit-learn digits"
+	@test -d /usr/share/games/fortunes || test -d data/fortunes || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q fortunes >/dev/null 2>&1; } || \
+	  echo "note: fortunes not installed; the text demo falls back to Python's pydoc topics"
 
 
 demo: $(STAMP) data
@@ -31,6 +35,7 @@ demo: $(STAMP) data
 	  $(BIN)/python recipes/image.py --preset quick dataset=digits name=image-quick-digits $(DEMO_ARGS); \
 	fi
 	$(BIN)/python recipes/speech.py --preset quick $(SPEECH_DEMO_ARGS)
+	$(BIN)/python recipes/text.py --preset quick $(TEXT_DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

@@ -99,6 +99,20 @@ def cmd_data_prepare(args) -> None:
         from .data.speech import prepare_speech
         print(f"prepared speech in {prepare_speech(root=args.root)}")
         return
+    if args.name == "text" or args.name.startswith("text:"):  # text, text:pydoc, text:file:/path
+        import warnings
+
+        from .data.text import load_text_dataset, prepare_text_dataset
+        source = args.name[len("text:"):] or "fortunes"
+        if source == "fortunes":  # fall back to pydoc (with a note) when fortunes are missing
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                data = load_text_dataset(source, root=args.root, fallback=True)
+            for w in caught:
+                print(f"note: {w.message}", file=sys.stderr)
+            source = data.name
+        print(f"prepared text ({source}) in {prepare_text_dataset(source, root=args.root)}")
+        return
     from .data.images import prepare_image_dataset
     path = prepare_image_dataset(args.name, root=args.root, image_size=args.image_size)
     print(f"prepared {args.name} in {path}")
@@ -312,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="action", required=True)
     prep = data.add_parser("prepare", help="convert a dataset into <root>/<name>/prepared")
-    prep.add_argument("name", help="fashion-mnist | digits | cifar10 | folder:/path")
+    prep.add_argument("name", help="fashion-mnist | digits | cifar10 | folder:/path | speech | "
+                                   "text (fortunes) | text:pydoc | text:file:/path")
     prep.add_argument("--root", default="data", help="cache folder (default: %(default)s)")
     prep.add_argument("--image-size", type=_positive_int, default=None, metavar="N",
                       help="for folders: prepare at N x N (default: native size)")

@@ -279,7 +279,8 @@ class GenerationPipeline:
         written: list[Path] = []
         if isinstance(samples, list):
             path = out_dir / f"{prefix}samples.txt"
-            atomic_write_text(path, "\n".join(samples) + "\n")
+            # one sample per line: line breaks inside a sample become spaces
+            atomic_write_text(path, "".join(" ".join(s.splitlines()) + "\n" for s in samples))
             return [path]
         if not isinstance(samples, torch.Tensor):
             raise ValueError(f"expected a tensor or list of strings, got {type(samples).__name__}")

@@ -65,10 +65,10 @@ class TextTokenizerConfig:
     vocab_size: int = 1024
     max_tokens: int = 64            # subwords per string (longer strings are truncated)
     shorten: int = 4                # tokens per code frame
-    dim: int = 256                  # token-rate width
+    dim: int = 128                  # token-rate width (embeddings, output head)
     frame_dim: int = 256            # frame-rate width
     heads: int = 4
-    token_layers: int = 1           # Transformer layers at the token rate (encoder and decoder)
+    token_layers: int = 0           # Transformer layers at the token rate (encoder and decoder)
     frame_layers: int = 2           # Transformer layers at the frame rate (encoder and decoder)
     dropout: float = 0.0
     latent_dim: int = 64
