@@ -137,5 +137,6 @@ def overfitting_warning(train_loss: float, heldout_loss: float, what: str = "pri
     if heldout > ratio * train and heldout - train > min_gap:
         return (f"{what} overfits: held-out loss {heldout:.3g} {unit} is {heldout / train:.1f}x "
                 f"the training loss {train:.3g} {unit}; samples tend to copy training "
-                f"examples or fall apart. Use more data, fewer steps, a smaller model or more dropout.")
+                f"examples or fall apart. Use more data, fewer steps, a smaller model or "
+                f"more dropout.")
     return None
