@@ -229,7 +229,7 @@ def test_labelled_grid_upscaled_nearest_and_self_contained(tmp_path):
     (run / "labels.json").write_text(json.dumps({"0": "Dress", "1": "Bag", "2": "Coat"}))
     page = write_report(run).read_text(encoding="utf-8")
     (uri,) = re.findall(r'<img src="([^"]+)"', page)
-    scale = min(8, 800 // 22)  # MAX_SCALE
+    scale = min(8, 960 // 22)  # MAX_SCALE
     assert f'width="{22 * scale}" height="{32 * scale}"' in page
     # Nearest-neighbour: hard edge between the white tile and the padding, no grey ramp.
     assert _pixel(uri, (2 * scale, 2 * scale)) == 255 and _pixel(uri, (2 * scale - 1, 2 * scale)) == 0

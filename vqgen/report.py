@@ -57,7 +57,7 @@ AUDIO_MIME = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", 
 TEXT_SUFFIXES = {".txt"}
 MAX_TEXT_CHARS = 20_000
 MAX_EMBED_BYTES = 20 * 2**20  # a larger media file is linked by relative path instead
-TARGET_WIDTH = 800            # small images are upscaled (integer factor) to about this width
+TARGET_WIDTH = 960            # small images are upscaled (integer factor) to at most this width
 MAX_SCALE = 8
 # Training-log keys plotted in their own small chart when present (loss keys are found by name).
 TRAIN_EXTRA_KEYS = ("usage", "perplexity", "lr")
@@ -433,7 +433,8 @@ figcaption{font-size:.95em;color:#333;margin:.3em 0}
 .lgrid{display:grid;column-gap:.5em}.lgrid .rows{display:grid}.lgrid .cols{display:grid}
 .lgrid .rows div{display:flex;align-items:center;justify-content:flex-end;font-size:.9em;
 white-space:nowrap}
-.lgrid .cols div{text-align:center;font-size:.8em;overflow:hidden;white-space:nowrap}
+.lgrid .cols div{text-align:center;font-size:.8em;overflow-wrap:anywhere;line-height:1.1;
+align-self:end}
 .audio-list figure{margin:.6em 0}
 pre{background:#f6f6f6;padding:.8em;overflow:auto;max-height:30em;white-space:pre-wrap}
 .notes{background:#fff8e1;border:1px solid #f0d78c;padding:.5em 1em}
