@@ -106,8 +106,9 @@ def main(argv=None) -> dict:
 
     # 2. Tokenizer: vocabulary on the training split, then the VQ-VAE -------------------------
     tok_dir = run_dir / "tokenizer"
-    if cfg["tokenizer_from"]:
-        tokenizer = TextTokenizer.from_pretrained(cfg["tokenizer_from"])
+    resuming = (run_dir / "train_state_tokenizer.pt").is_file() and tok_dir.is_dir()
+    if cfg["tokenizer_from"] or resuming:  # a resumed run keeps the vocabulary it started with
+        tokenizer = TextTokenizer.from_pretrained(cfg["tokenizer_from"] or tok_dir)
     else:
         tokenizer = TextTokenizer.from_corpus(
             train_texts, None if cfg["embedder"] else cfg["tokenizer"]["vocab_size"],
