@@ -17,7 +17,6 @@ rank 0 prints.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -32,7 +31,6 @@ import torch  # noqa: E402 - after the log level is set
 from torch.utils.data import TensorDataset
 
 from vqgen import metrics as M
-from vqgen.config import load_config
 from vqgen.data.codes import encode_cached
 from vqgen.data.images import load_image_dataset
 from vqgen.modeling import atomic_write_text, build_config
@@ -41,7 +39,7 @@ from vqgen.progress import progress_bar
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
 from vqgen.report import write_report
-from vqgen.runs import run_main, start_run
+from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.tokenizers import image as image_tokenizers
 from vqgen.tokenizers.image import ImageTokenizer
 from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
@@ -51,22 +49,8 @@ PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
 
 
 def parse_args(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(HERE / "configs" / "image.yaml"),
-                   help="recipe YAML (default: %(default)s)")
-    p.add_argument("--preset", choices=["quick", "full"], default=None,
-                   help="quick: CPU, minutes; full: quality run (see the YAML's presets)")
-    p.add_argument("--runs", default="runs", help="parent folder of run directories (default: runs)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides with dotted keys, "
-                   "e.g. dataset=digits image_size=32 prior_train.steps=200")
-    args = p.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.preset, args.overrides,
-                      open_keys=("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn"))
-    if cfg["prior"] not in PRIORS:
-        raise ValueError(f"prior must be one of {sorted(PRIORS)}, got {cfg['prior']!r}")
-    cfg["runs"], cfg["progress"] = args.runs, not args.no_progress
-    return cfg
+    return parse_recipe_args(HERE / "configs" / "image.yaml", __doc__, PRIORS, argv,
+                             example="dataset=digits image_size=32 prior_train.steps=200")
 
 
 def quiet_other_ranks(main_rank: bool) -> None:

@@ -13,7 +13,6 @@ evaluation are reused.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
-from vqgen.config import load_config, save_config
 from vqgen import metrics as M
 from vqgen.data.audio import ClipSegments, write_audio
 from vqgen.data.codes import CodeWindows, encode_clips_cached, fixed_windows
@@ -40,6 +38,7 @@ from vqgen.pipeline import GenerationPipeline, write_labels
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
 from vqgen.report import write_report
+from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.spectrogram import save_spectrogram_png
 from vqgen.tokenizers import audio as audio_tokenizers
 from vqgen.tokenizers.audio import AudioTokenizer
@@ -50,17 +49,8 @@ PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
 
 
 def parse_args(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(HERE / "configs" / "speech.yaml"))
-    p.add_argument("--preset", choices=["quick", "full"], default=None)
-    p.add_argument("--runs", default="runs", help="parent folder of run directories")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
-    args = p.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.preset, args.overrides,
-                      open_keys=("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn"))
-    cfg["runs"], cfg["progress"] = args.runs, not args.no_progress
-    return cfg
+    return parse_recipe_args(HERE / "configs" / "speech.yaml", __doc__, PRIORS, argv,
+                             example="tokenizer_train.steps=200 prior=transformer")
 
 
 def fixed_length(clips, index, seconds: float) -> torch.Tensor:
@@ -79,9 +69,7 @@ def main(argv=None) -> dict:
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
     main_rank = is_main_process()
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 
@@ -287,8 +275,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, prog="speech.py"))  # user mistakes: one line, exit 2

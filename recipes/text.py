@@ -13,7 +13,6 @@ train_state_*.pt, logs/*.jsonl, samples/*.txt, metrics.json and report.html. Re-
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -23,7 +22,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from vqgen.config import load_config, save_config
 from vqgen.data.text import load_text_dataset
 from vqgen.metrics import text as TM
 from vqgen.modeling import atomic_write_text, build_config
@@ -31,6 +29,7 @@ from vqgen.pipeline import GenerationPipeline
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
 from vqgen.report import write_report
+from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.tokenizers.text import TextTokenizer
 from vqgen.training import TrainConfig, resolve_device, train
 
@@ -39,19 +38,8 @@ PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
 
 
 def parse_args(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(HERE / "configs" / "text.yaml"))
-    p.add_argument("--preset", choices=["quick", "full"], default=None)
-    p.add_argument("--runs", default="runs", help="parent folder of run directories")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
-    args = p.parse_intermixed_args(argv)
-    cfg = load_config(args.config, args.preset, args.overrides,
-                      open_keys=("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn"))
-    if cfg["prior"] not in PRIORS:
-        raise ValueError(f"prior must be one of {sorted(PRIORS)}, got {cfg['prior']!r}")
-    cfg["runs"], cfg["progress"] = args.runs, not args.no_progress
-    return cfg
+    return parse_recipe_args(HERE / "configs" / "text.yaml", __doc__, PRIORS, argv,
+                             example="tokenizer_train.steps=50 prior_train.steps=100")
 
 
 class LengthBatches(Dataset):
@@ -92,8 +80,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(cfg["threads"])
     device = resolve_device(cfg["device"])
     run_dir = Path(cfg["runs"]) / cfg["name"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    start_run(run_dir, cfg, train_sections=("tokenizer_train", "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 
@@ -269,8 +256,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_main(main, prog="text.py"))  # user mistakes: one line, exit 2

@@ -236,3 +236,35 @@ def run_main(fn: Callable[..., Any], *args: Any, prog: str = "vqgen") -> int:
     finally:
         _finish_runs(failed, keep=before)
     return 0
+
+
+# --------------------------------------------------------------------------- recipe arguments
+RECIPE_OPEN_KEYS = ("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn")
+
+
+def parse_recipe_args(config_path: str | os.PathLike, description: str | None, priors: Iterable[str],
+                      argv: list[str] | None = None, example: str = "prior_train.steps=200") -> dict:
+    """The command line every recipe shares: ``--config`` (default ``config_path``),
+    ``--preset quick|full``, ``--runs``, ``--no-progress`` and ``key=value`` overrides with dotted
+    keys (unknown keys fail). Returns the resolved config with ``runs`` and ``progress`` added.
+
+    Raises ``ValueError`` for a bad override or a ``prior`` not in ``priors``."""
+    import argparse
+
+    from .config import load_config
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(config_path), help="recipe YAML (default: %(default)s)")
+    p.add_argument("--preset", choices=["quick", "full"], default=None,
+                   help="quick: CPU, minutes; full: quality run (see the YAML's presets)")
+    p.add_argument("--runs", default="runs", help="parent folder of run directories (default: runs)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("overrides", nargs="*",
+                   help=f"key=value config overrides with dotted keys, e.g. {example}")
+    args = p.parse_intermixed_args(argv)
+    cfg = load_config(args.config, args.preset, args.overrides, open_keys=RECIPE_OPEN_KEYS)
+    priors = sorted(priors)
+    if cfg.get("prior") not in priors:
+        raise ValueError(f"prior must be one of {priors}, got {cfg.get('prior')!r}")
+    cfg["runs"], cfg["progress"] = args.runs, not args.no_progress
+    return cfg
