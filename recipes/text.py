@@ -2,7 +2,7 @@
 """Text recipe, top to bottom: data -> tokenizer -> codes -> prior -> samples -> metrics -> report.
 
     python recipes/text.py --preset quick                  # CPU, under 3 minutes
-    python recipes/text.py --preset full threads=1         # quality run (~35 min on one CPU core)
+    python recipes/text.py --preset full threads=1         # quality run (~45 min on one CPU core)
     python recipes/text.py --preset quick embedder=minilm name=text-minilm   # MiniLM hidden states
     python recipes/text.py --preset quick dataset=pydoc prior=pixelcnn
     python recipes/text.py dataset=file:/path/to/lines.txt

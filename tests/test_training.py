@@ -305,3 +305,18 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path):
     state = torch.load(tmp_path / "run" / "train_state_prior.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert [r["step"] for r in read_log(tmp_path / "run", "prior")] == [2, 4, 6]
+
+
+def test_max_epochs_caps_steps_on_a_small_dataset(tmp_path, capsys):
+    # 50 samples, batch 8, drop_last: 6 batches per epoch; 2 epochs -> 12 of the 20 steps
+    result = train(make_model(), make_data(), tmp_path / "a", cfg(max_epochs=2), component="tokenizer",
+                   step_fn=noisy_step)
+    assert result.steps == 12
+    assert "steps 20 -> 12" in capsys.readouterr().err
+    assert max(r["step"] for r in read_log(tmp_path / "a")) == 12
+    # a cap above the step count changes nothing
+    result = train(make_model(), make_data(), tmp_path / "b", cfg(max_epochs=10), component="tokenizer",
+                   step_fn=noisy_step)
+    assert result.steps == 20
+    with pytest.raises(ValueError, match="max_epochs"):
+        cfg(max_epochs=0)

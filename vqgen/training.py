@@ -94,6 +94,7 @@ class TrainConfig:
     num_workers: int = 0
     progress: bool = True
     drop_last: bool = True
+    max_epochs: float | None = None  # cap steps at this many passes over the data (small datasets)
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip"):
@@ -118,6 +119,8 @@ class TrainConfig:
              "a number in [0, 1]")
         need(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0),
              "grad_clip", "None or a number > 0")
+        need(self.max_epochs is None or (_is_number(self.max_epochs) and self.max_epochs > 0),
+             "max_epochs", "None or a number > 0")
         need(isinstance(self.betas, tuple) and len(self.betas) == 2
              and all(_is_number(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
         if self.warmup_steps >= self.steps:  # legal, but the run never reaches its peak LR
@@ -271,6 +274,22 @@ def _step_model(model: nn.Module, device: torch.device, compile_: bool) -> Any:
 
 
 # --------------------------------------------------------------------------- optimizer, schedule
+def _cap_steps(config: TrainConfig, num_batches: int, component: str, main: bool) -> TrainConfig:
+    """``config`` with ``steps`` lowered to ``ceil(max_epochs * num_batches)`` when that is
+    smaller (announced once), and ``warmup_steps`` kept below it: a small dataset then trains
+    for a fixed number of passes instead of overfitting for the preset's full step count."""
+    if config.max_epochs is None:
+        return config
+    cap = max(1, math.ceil(config.max_epochs * num_batches))
+    if cap >= config.steps:
+        return config
+    warmup = min(config.warmup_steps, cap // 10)
+    if main:
+        print(f"vqgen: {component}: {num_batches} batches per epoch, so steps {config.steps} -> "
+              f"{cap} (max_epochs={config.max_epochs:g}; warmup {warmup})", file=sys.stderr)
+    return dataclasses.replace(config, steps=cap, warmup_steps=warmup)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
     """LR multiplier for ``LambdaLR``: ``i`` is the number of optimizer steps already taken.
 
@@ -594,6 +613,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
                          f"drop_last=True (dataset of {len(dataset)}, world size {world}), "
                          f"got {config.batch_size}")
     num_batches = _EpochBatches(list(range(per_rank)), config.batch_size, config.drop_last).num_batches
+    config = _cap_steps(config, num_batches, component, main)
     device = _ddp_device(config.device, int(os.environ.get("LOCAL_RANK", "0"))) if distributed \
         else resolve_device(config.device)
     run_dir = Path(run_dir)
