@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -188,12 +189,16 @@ def main(argv=None) -> dict:
                                     metrics["prior_bits_per_code"], what=f"{cfg['prior']} prior")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
+    clf_cfg = cfg["classifier"]
+    clf_steps = clf_cfg["steps"]
+    if clf_cfg["max_epochs"]:  # a small folder: a fixed number of passes, not the preset's steps
+        clf_steps = min(clf_steps, math.ceil(clf_cfg["max_epochs"] * len(data.train_x) / clf_cfg["batch_size"]))
     clf, clf_acc = M.train_classifier(
-        data.train_x, data.train_y, data.test_x, data.test_y, steps=cfg["classifier"]["steps"],
-        batch_size=cfg["classifier"]["batch_size"], device=device, num_classes=num_classes,
+        data.train_x, data.train_y, data.test_x, data.test_y, steps=clf_steps,
+        batch_size=clf_cfg["batch_size"], device=device, num_classes=num_classes,
         progress=cfg["progress"],
         cache_path=Path(cfg["data_root"]) / data.name
-        / f"classifier-n{len(data.train_x)}-s{cfg['classifier']['steps']}.safetensors")
+        / f"classifier-n{len(data.train_x)}-s{clf_steps}.safetensors")
     n_eval = cfg["num_eval_samples"]
     eval_labels = torch.arange(n_eval) % num_classes
     fake = pipe.generate(n_eval, labels=eval_labels, seed=cfg["seed"] + 1, batch_size=50,
