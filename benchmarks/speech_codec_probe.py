@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Train a speech AudioTokenizer variant for a fixed wall time and score held-out SI-SDR.
+
+    python benchmarks/speech_codec_probe.py NAME SECONDS '{"frame_downsample": 1, "num_codebooks": 4}'
+    python benchmarks/speech_codec_probe.py novq 240 '{"frame_downsample": 1}' --no-vq
+
+The JSON holds ``speech_16khz()`` overrides plus ``lr`` (2e-3), ``batch_size`` (16),
+``segment_seconds`` (0.5) and ``max_steps``. Training: AdamW, 50 warmup steps, cosine to 5% over
+the wall-time budget, gradient clip 1. ``--no-vq`` replaces the quantizer by the identity (an
+autoencoder with the same encoder and decoder: the ceiling the codes are measured against).
+Needs the prepared espeak-ng data (``vqgen data prepare speech``). Prints a line every 100 steps
+and a final JSON line: held-out SI-SDR (dB; 24 test clips of seen voices, first 2 s) with 1, 2,
+4, ... levels. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from vqgen.data.audio import ClipSegments  # noqa: E402
+from vqgen.data.speech import load_speech_dataset  # noqa: E402
+from vqgen.metrics import audio as AM  # noqa: E402
+from vqgen.tokenizers.audio import speech_16khz  # noqa: E402
+from vqgen.tokenizers.quantizers import QuantizerOutput  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name")
+    p.add_argument("seconds", type=float)
+    p.add_argument("overrides", nargs="?", default="{}")
+    p.add_argument("--no-vq", action="store_true", help="identity instead of the quantizer")
+    p.add_argument("--data-root", default=str(ROOT / "data"))
+    args = p.parse_args()
+    over = json.loads(args.overrides)
+    lr, batch = float(over.pop("lr", 2e-3)), int(over.pop("batch_size", 16))
+    segment, max_steps = float(over.pop("segment_seconds", 0.5)), int(over.pop("max_steps", 10**9))
+
+    torch.manual_seed(0)
+    data = load_speech_dataset("speech", root=args.data_root, progress=False, seed=0)
+    tok = speech_16khz(**over)
+    if args.no_vq:
+        def identity(z, n_quantizers=None):
+            zeros = {k: torch.tensor(0.0) for k in ("perplexity", "usage", "dead_codes", "n_quantizers")}
+            codes = torch.zeros(z.shape[:-1] + (tok.num_codebooks,), dtype=torch.long)
+            return QuantizerOutput(z, codes, z.new_zeros(()), zeros)
+        tok.quantizer.forward = identity
+    print(f"{args.name}: {tok.num_parameters() / 1e6:.2f}M parameters, {tok.frame_rate:g} Hz, "
+          f"{tok.bitrate():g} kbps, {torch.get_num_threads()} threads", flush=True)
+
+    segments = ClipSegments(data.train, int(segment * tok.sample_rate))
+    seen = [i for i in range(len(data.test)) if not data.test_unseen[i]][:24]
+    t = 2 * tok.sample_rate
+    monitor = torch.zeros(len(seen), 1, t)
+    for row, i in enumerate(seen):
+        clip = data.test.clip(i)[:t]
+        monitor[row, 0, :len(clip)] = clip
+
+    opt = torch.optim.AdamW(tok.parameters(), lr=lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(0)
+    t0, step = time.time(), 0
+    while time.time() - t0 < args.seconds and step < max_steps:
+        frac = max((time.time() - t0) / args.seconds, step / max_steps)
+        scale = min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        idx = torch.randint(len(segments), (batch,), generator=gen)
+        out = tok(torch.stack([segments[int(i)][0] for i in idx]))
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            shown = {k: round(float(v), 3) for k, v in out.metrics.items()
+                     if k in ("recon_loss", "vq_loss", "perplexity", "dead_codes", "n_quantizers")}
+            print(step, round(time.time() - t0), shown, flush=True)
+
+    tok.eval()
+    result = {"name": args.name, "steps": step, "seconds": round(time.time() - t0),
+              "overrides": json.loads(args.overrides), "no_vq": args.no_vq}
+    with torch.no_grad():
+        if args.no_vq:
+            result["si_sdr_db"] = round(AM.si_sdr(tok(monitor).recon, monitor), 2)
+        else:
+            codes = tok.encode(monitor)
+            levels = sorted({1, 2, 4, tok.num_codebooks} & set(range(1, tok.num_codebooks + 1)))
+            result["si_sdr_db"] = {n: round(AM.si_sdr(tok.decode(codes[:, :n], length=t), monitor), 2)
+                                   for n in levels}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
