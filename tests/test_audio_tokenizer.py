@@ -155,3 +155,27 @@ def test_bad_codes_files_and_levels_raise(model, tmp_path):
         audio_tokenizer_debug(hop=3)
     with pytest.raises(ValueError, match="n_fft"):
         audio_tokenizer_debug(n_fft=300)
+
+
+def test_quantizer_warmup_trains_an_autoencoder_first_and_resumes_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = audio_tokenizer_debug(quantizer_warmup_steps=2).train()
+    wave = 0.3 * torch.randn(2, 1, 1600)
+    for _ in range(2):                                 # warm-up: no codes, no codebook init
+        out = model(wave)
+        assert int(out.codes.abs().sum()) == 0 and float(out.metrics["perplexity"]) == 0
+        z = model.encoder(model.spectral(model._pad(model.prepare(wave))))
+        assert not bool(model.quantizer.layers[0].initted)
+    assert torch.allclose(out.recon, model.spectral.inverse(model.decoder(z))[:, None, :1600], atol=1e-5)
+    model.save_pretrained(tmp_path / "tok")
+    again = AudioTokenizer.from_pretrained(tmp_path / "tok").train()
+    assert int(again.train_forwards) == 2
+    out = again(wave)                                  # third forward: quantized (k-means init)
+    assert bool(again.quantizer.layers[0].initted) and float(out.metrics["perplexity"]) > 0
+    again.eval()
+    assert float(again(wave).metrics["n_quantizers"]) == again.num_codebooks   # eval never warms up
+    # a checkpoint from before the counter existed loads as past its warm-up
+    state = {k: v for k, v in model.state_dict().items() if k != "train_forwards"}
+    fresh = audio_tokenizer_debug(quantizer_warmup_steps=2)
+    fresh.load_state_dict(state)
+    assert int(fresh.train_forwards) == 2

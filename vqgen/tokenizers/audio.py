@@ -35,7 +35,7 @@ from ..data.audio import check_sample_rate, read_audio, resample, write_audio
 from ..losses import AudioLossConfig, AudioReconstructionLoss, compress
 from .base import Tokenizer, TokenizerOutput
 from .layers import ConvNeXtBlock1d, ResBlock
-from .quantizers import ResidualVQ
+from .quantizers import QuantizerOutput, ResidualVQ
 
 __all__ = ["AudioTokenizerConfig", "AudioTokenizer", "audio_tokenizer_debug", "speech_16khz"]
 
@@ -50,7 +50,10 @@ class AudioTokenizerConfig:
     ``mlp_mult``), ``encoder_blocks`` / ``decoder_blocks`` at the STFT frame rate and
     ``latent_blocks`` at the code frame rate (each side). Quantizer: ``num_codebooks`` residual
     levels of ``codebook_size`` entries on ``latent_dim`` vectors, ``codebook_dim`` low-dim lookup,
-    ``vq_*`` options of :class:`VectorQuantizer`, ``quantizer_dropout``. Losses: ``loss`` weights
+    ``vq_*`` options of :class:`VectorQuantizer`, ``quantizer_dropout``, ``quantizer_warmup_steps``
+    (that many training forwards skip the quantizer: the codec first trains as a plain
+    autoencoder and learns phase, then the codebooks are k-means-initialised on its latents and
+    quantization starts; counted in a saved buffer, so resume is exact). Losses: ``loss`` weights
     (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` / ``overlap_seconds``.
     """
 
@@ -79,6 +82,7 @@ class AudioTokenizerConfig:
     vq_kmeans_iters: int = 10
     vq_dead_code_threshold: float = 0.5
     quantizer_dropout: float = 0.5
+    quantizer_warmup_steps: int = 0     # first training forwards bypass the quantizer
     loss: dict = field(default_factory=dict)
     chunk_seconds: float = 30.0
     overlap_seconds: float = 1.0
@@ -102,7 +106,7 @@ class AudioTokenizerConfig:
              (self.n_fft, self.stft_hop))
         need(self.frame_downsample in (1, 2, 4), "frame_downsample 1, 2 or 4", self.frame_downsample)
         need(0 < self.power <= 1, "power in (0, 1]", self.power)
-        for name in ("encoder_blocks", "latent_blocks", "decoder_blocks"):
+        for name in ("encoder_blocks", "latent_blocks", "decoder_blocks", "quantizer_warmup_steps"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} an int >= 0", getattr(self, name))
         need(self.kernel_size % 2 == 1, "an odd kernel_size", self.kernel_size)
@@ -239,6 +243,27 @@ class AudioTokenizer(Tokenizer):
             kmeans_init=cfg.vq_kmeans_init, kmeans_iters=cfg.vq_kmeans_iters,
             dead_code_threshold=cfg.vq_dead_code_threshold, cosine=cfg.vq_cosine, check_finite=False)
         self.recon_loss = AudioReconstructionLoss(cfg.loss_config(), cfg.sample_rate)
+        # training forwards so far (for quantizer_warmup_steps); host mirror avoids a sync per step
+        self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long))
+        self._forwards_seen: int | None = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "train_forwards"
+        if key not in state_dict:  # saved before the counter existed: its warm-up is long over
+            state_dict[key] = torch.tensor(self.config.quantizer_warmup_steps, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._forwards_seen = None  # re-read the buffer at the next training forward
+
+    def _quantizer_warming_up(self) -> bool:
+        """Count a training forward; True while it is one of the first ``quantizer_warmup_steps``."""
+        if not self.training:
+            return False
+        if self._forwards_seen is None:
+            self._forwards_seen = int(self.train_forwards)
+        warm = self._forwards_seen < self.config.quantizer_warmup_steps
+        self._forwards_seen += 1
+        self.train_forwards.fill_(self._forwards_seen)
+        return warm
 
     # ----------------------------------------------------------------------- metadata
     @property
@@ -394,7 +419,15 @@ class AudioTokenizer(Tokenizer):
         x_pad = self._pad(x)
         target_spec = self.spectral(x_pad)                               # (B, 2F, N)
         z = self.encoder(target_spec.to(self.encoder.conv_in.weight.dtype)).transpose(1, 2)
-        q = self.quantizer(z, n_quantizers=num_codebooks and self._levels(num_codebooks))
+        if self._quantizer_warming_up():  # autoencoder phase: no codes yet
+            zero = z.new_zeros((), dtype=torch.float32)
+            # quantizer parameters join the graph with weight 0 (DDP expects every one to be used)
+            unused = sum((p.sum() * 0.0 for p in self.quantizer.parameters()), zero)
+            q = QuantizerOutput(z, torch.zeros(z.shape[:-1] + (self.num_codebooks,), dtype=torch.long,
+                                               device=z.device), unused,
+                                {k: zero for k in ("perplexity", "usage", "dead_codes", "n_quantizers")})
+        else:
+            q = self.quantizer(z, n_quantizers=num_codebooks and self._levels(num_codebooks))
         spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
         recon = self.spectral.inverse(spec)[:, None, :t]                 # (B, 1, T)
         recon_loss, terms = self.recon_loss(recon, x[:, None], spec, target_spec)
