@@ -99,6 +99,10 @@ def cmd_data_prepare(args) -> None:
         from .data.speech import prepare_speech
         print(f"prepared speech in {prepare_speech(root=args.root)}")
         return
+    if args.name == "music":
+        from .data.music import prepare_music
+        print(f"prepared music in {prepare_music(root=args.root)}")
+        return
     if args.name == "text" or args.name.startswith("text:"):  # text, text:pydoc, text:file:/path
         import warnings
 
@@ -327,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare datasets").add_subparsers(dest="action", required=True)
     prep = data.add_parser("prepare", help="convert a dataset into <root>/<name>/prepared")
     prep.add_argument("name", help="fashion-mnist | digits | cifar10 | folder:/path | speech | "
-                                   "text (fortunes) | text:pydoc | text:file:/path")
+                                   "music | text (fortunes) | text:pydoc | text:file:/path")
     prep.add_argument("--root", default="data", help="cache folder (default: %(default)s)")
     prep.add_argument("--image-size", type=_positive_int, default=None, metavar="N",
                       help="for folders: prepare at N x N (default: native size)")

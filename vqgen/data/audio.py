@@ -125,6 +125,13 @@ def to_int16(wave: np.ndarray) -> np.ndarray:
     return (np.clip(wave, -1.0, 1.0) * 32767.0).round().astype(np.int16)
 
 
+def split_clips(arrays: dict, split: str, classes: list[str], sample_rate: int) -> AudioClips:
+    """The :class:`AudioClips` of ``split`` from cached arrays (``<split>_audio``,
+    ``<split>_offsets``, ``<split>_labels``) as :func:`pack_clips` packed them."""
+    return AudioClips(arrays[f"{split}_audio"], arrays[f"{split}_offsets"],
+                      arrays[f"{split}_labels"], classes, sample_rate)
+
+
 def pack_clips(waves: list[np.ndarray], labels: list[int], classes: list[str],
                sample_rate: int) -> AudioClips:
     """Float clips -> :class:`AudioClips` (int16, back to back)."""

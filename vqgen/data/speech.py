@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio import AudioClips, pack_clips, resample
+from .audio import AudioClips, pack_clips, split_clips, resample
 from .cache import load_arrays, save_arrays
 
 SAMPLE_RATE = 16000
@@ -229,8 +229,7 @@ def load_speech(root: str | Path = "data", progress: bool = True, **settings) ->
     classes = list(meta["classes"])
 
     def clips(split: str) -> AudioClips:
-        return AudioClips(arrays[f"{split}_audio"], arrays[f"{split}_offsets"],
-                          arrays[f"{split}_labels"], classes, SAMPLE_RATE)
+        return split_clips(arrays, split, classes, SAMPLE_RATE)
     unseen_ids = [classes.index(v) for v in meta["unseen_voices"]]
     return SpeechData(clips("train"), clips("test"), np.isin(arrays["test_labels"], unseen_ids),
                       arrays["train_sentences"], arrays["test_sentences"], classes,
