@@ -35,6 +35,7 @@ demo: $(STAMP) data
 	  $(BIN)/python recipes/image.py --preset quick dataset=digits name=image-quick-digits $(DEMO_ARGS); \
 	fi
 	$(BIN)/python recipes/speech.py --preset quick $(SPEECH_DEMO_ARGS)
+	$(BIN)/python recipes/music.py --preset quick $(MUSIC_DEMO_ARGS)
 	$(BIN)/python recipes/text.py --preset quick $(TEXT_DEMO_ARGS)
 
 test: $(STAMP)

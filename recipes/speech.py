@@ -10,6 +10,10 @@ Everything lands in ``runs/<name>/``: config.yaml, tokenizer/, train_state_token
 logs/*.jsonl, tokenizer_eval.json, samples/ (original and reconstructed WAVs with spectrograms),
 metrics.json and report.html. Re-running the same command resumes: a finished tokenizer and its
 evaluation are reused.
+
+The steps are shared by the audio recipes: ``main(argv, modality)`` takes what differs as a
+:class:`Modality` (the config, what a class is, the dataset loader, extra sample metrics);
+``recipes/music.py`` calls it with the music data, no STOI and a key-consistency metric.
 """
 from __future__ import annotations
 
@@ -18,14 +22,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 # Idle OpenMP threads sleep instead of spinning: on a CPU shared with other jobs, spinning
 # threads made training steps up to 10x slower (must be set before torch loads OpenMP).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vqgen import metrics as M
-from vqgen.data.audio import ClipSegments, write_audio
+from vqgen.data.audio import AudioClips, ClipSegments, write_audio
 from vqgen.data.codes import CodeWindows, encode_clips_cached, fixed_windows
 from vqgen.data.speech import load_speech_dataset
 from vqgen.losses import AdversarialLoss, MultiScaleSTFTDiscriminator
@@ -48,8 +54,52 @@ HERE = Path(__file__).resolve().parent
 PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
 
 
-def parse_args(argv=None) -> dict:
-    return parse_recipe_args(HERE / "configs" / "speech.yaml", __doc__, PRIORS, argv,
+class RecipeData(NamedTuple):
+    """A dataset as the audio recipes use it: ``train``/``test`` clips (labels are ids into
+    ``classes``), ``test_unseen`` (bool per test clip: its class never occurs in training, scored
+    apart) and ``summary``, words on the test split for the log."""
+
+    train: AudioClips
+    test: AudioClips
+    classes: list
+    name: str
+    test_unseen: np.ndarray
+    summary: str
+
+
+class Modality(NamedTuple):
+    """What differs between the audio recipes.
+
+    ``name``: the default config ``configs/<name>.yaml`` and the report title; ``label``: what a
+    class is ("voice", "timbre"), which names config keys (``prior_data.max_clips_per_<label>``,
+    ``prior_samples.report_<label>s`` and ``eval_per_<label>``), the classifier cache and the
+    classifier's Fréchet-distance metrics (``sample_<label>_fd``); ``load_data(cfg)`` gives a
+    :class:`RecipeData`; ``sample_metrics(samples, test_audio, sample_rate)``, if set, adds
+    modality metrics of class-conditional samples beside real held-out audio of the same length.
+    The tokenizer evaluation scores STOI where ``tokenizer_eval.stoi`` is set (speech only).
+    """
+
+    name: str
+    label: str
+    load_data: Callable[[dict], RecipeData]
+    sample_metrics: Callable[[torch.Tensor, torch.Tensor, int], dict] | None = None
+    doc: str | None = None
+
+
+def load_speech_data(cfg: dict) -> RecipeData:
+    """espeak-ng speech (``dataset_options``) or an audio folder; some test voices are unseen."""
+    options = cfg["dataset_options"] if cfg["dataset"] == "speech" else {}
+    data = load_speech_dataset(cfg["dataset"], root=cfg["data_root"], progress=cfg["progress"],
+                               seed=cfg["seed"], **options)
+    return RecipeData(data.train, data.test, data.classes, data.name, data.test_unseen,
+                      f"{int(data.test_unseen.sum())} by unseen voices {data.unseen_voices}")
+
+
+SPEECH = Modality("speech", "voice", load_speech_data, doc=__doc__)
+
+
+def parse_args(argv=None, modality: Modality = SPEECH) -> dict:
+    return parse_recipe_args(HERE / "configs" / f"{modality.name}.yaml", modality.doc, PRIORS, argv,
                              example="tokenizer_train.steps=200 prior=transformer")
 
 
@@ -63,8 +113,9 @@ def fixed_length(clips, index, seconds: float) -> torch.Tensor:
     return waves
 
 
-def main(argv=None) -> dict:
-    cfg = parse_args(argv)
+def main(argv=None, modality: Modality = SPEECH) -> dict:
+    cfg = parse_args(argv, modality)
+    label = modality.label
     dist = init_distributed()
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
@@ -74,14 +125,12 @@ def main(argv=None) -> dict:
     t_start = time.time()
 
     # 1. Data -------------------------------------------------------------------------------
-    options = cfg["dataset_options"] if cfg["dataset"] == "speech" else {}
-    data = load_speech_dataset(cfg["dataset"], root=cfg["data_root"], progress=cfg["progress"],
-                               seed=cfg["seed"], **options)
+    data = modality.load_data(cfg)
     if main_rank:
         write_labels(run_dir, data.classes)
     print(f"data: {data.name} train {len(data.train)} clips ({data.train.seconds / 60:.1f} min), "
-          f"test {len(data.test)} clips ({int(data.test_unseen.sum())} by unseen voices "
-          f"{data.unseen_voices}); {len(data.classes)} voices; device {device}; run dir {run_dir}")
+          f"test {len(data.test)} clips ({data.summary}); {len(data.classes)} {label}s; "
+          f"device {device}; run dir {run_dir}")
 
     # 2. Tokenizer --------------------------------------------------------------------------
     tok_dir = run_dir / "tokenizer"
@@ -134,21 +183,21 @@ def main(argv=None) -> dict:
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")
 
-    # 3. Evaluate the tokenizer on held-out speech (cached per tokenizer weights) -----------
+    # 3. Evaluate the tokenizer on held-out audio (cached per tokenizer weights) ------------
     eval_path = run_dir / "tokenizer_eval.json"
     weights_mtime = (tok_dir / "model.safetensors").stat().st_mtime
     cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     if cached.get("weights_mtime") == weights_mtime and cached.get("settings") == ev:
         tok_metrics = cached["metrics"]
     else:
-        levels = ev["levels"]
+        levels, stoi = ev["levels"], ev.get("stoi", False)
         seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
-        tok_metrics = AM.evaluate_tokenizer(tokenizer, seen, levels=levels, with_stoi=ev["stoi"])
+        tok_metrics = AM.evaluate_tokenizer(tokenizer, seen, levels=levels, with_stoi=stoi)
         if unseen_idx:
             unseen = fixed_length(data.test, unseen_idx[:ev["max_clips"]], ev["seconds"])
-            per_level = AM.evaluate_tokenizer(tokenizer, unseen, levels=levels, with_stoi=ev["stoi"],
-                                              prefix="test_unseen_voice_")
-            tok_metrics.update({k: v for k, v in per_level.items() if k.startswith("test_unseen_voice_")})
+            per_level = AM.evaluate_tokenizer(tokenizer, unseen, levels=levels, with_stoi=stoi,
+                                              prefix=f"test_unseen_{label}_")
+            tok_metrics.update({k: v for k, v in per_level.items() if k.startswith(f"test_unseen_{label}_")})
         if main_rank:
             atomic_write_text(eval_path, json.dumps({"weights_mtime": weights_mtime, "settings": ev,
                                                      "metrics": tok_metrics}, indent=2) + "\n")
@@ -157,10 +206,10 @@ def main(argv=None) -> dict:
                "test_si_sdr": tok_metrics[f"test_si_sdr_{top}"],
                "test_mel_distance": tok_metrics[f"test_mel_distance_{top}"],
                "test_stft_distance": tok_metrics[f"test_stft_distance_{top}"]}
-    if ev["stoi"]:
+    if ev.get("stoi", False):
         metrics["test_stoi"] = tok_metrics[f"test_stoi_{top}"]
-    if f"test_unseen_voice_si_sdr_{top}" in tok_metrics:
-        metrics["test_unseen_voice_si_sdr"] = tok_metrics[f"test_unseen_voice_si_sdr_{top}"]
+    if f"test_unseen_{label}_si_sdr_{top}" in tok_metrics:
+        metrics[f"test_unseen_{label}_si_sdr"] = tok_metrics[f"test_unseen_{label}_si_sdr_{top}"]
     metrics.update(tok_metrics)
     metrics["perplexity"] = sum(v for k, v in tok_metrics.items() if k.startswith("perplexity_level")) \
         / tokenizer.num_codebooks
@@ -170,7 +219,8 @@ def main(argv=None) -> dict:
 
     samples_dir = run_dir / "samples"
     if main_rank:
-        for j, i in enumerate((seen_idx[:ev["num_audio_examples"] - 1] + unseen_idx[:1])[:ev["num_audio_examples"]]):
+        n_seen = ev["num_audio_examples"] - min(1, len(unseen_idx))      # one of an unseen class, if any
+        for j, i in enumerate((seen_idx[:n_seen] + unseen_idx[:1])[:ev["num_audio_examples"]]):
             wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
             tag = f"recon_{j}_{data.classes[int(data.test.labels[i])]}" + ("_unseen" if data.test_unseen[i] else "")
             codes = tokenizer.encode(wave)
@@ -182,22 +232,23 @@ def main(argv=None) -> dict:
                 write_audio(samples_dir / f"{tag}_{what}.wav", w, tokenizer.sample_rate)
                 save_spectrogram_png(w, tokenizer.sample_rate, samples_dir / f"{tag}_{what}.png")
 
-    # 4. Prior: encode every clip (cached), train a voice-conditioned prior on code windows ---
+    # 4. Prior: encode every clip (cached), train a class-conditioned prior on code windows ---
     pd = cfg["prior_data"]
     window = max(2, round(pd["window_seconds"] * tokenizer.frame_rate))      # frames per window
     codes_dir = run_dir / "codes"
     prior_clips = {"train": data.train, "test": data.test}
-    if pd["max_clips_per_voice"]:  # the first clips of each voice (a smaller, faster prior set)
+    per_class = pd[f"max_clips_per_{label}"]
+    if per_class:  # the first clips of each class (a smaller, faster prior set)
         labels = torch.as_tensor(data.train.labels)
-        keep = [i for v in labels.unique() for i in (labels == v).nonzero()[:, 0][:pd["max_clips_per_voice"]]]
+        keep = [i for v in labels.unique() for i in (labels == v).nonzero()[:, 0][:per_class]]
         prior_clips["train"] = data.train.subset(torch.stack(keep).sort().values.numpy())
     enc = {split: encode_clips_cached(tokenizer, tok_dir, split, clips, codes_dir, device=device,
                                       progress=cfg["progress"])
            for split, clips in prior_clips.items()}
-    seen_voices = sorted({int(v) for v in data.train.labels})
+    seen_classes = sorted({int(v) for v in data.train.labels})
     heldout, heldout_y = fixed_windows(enc["test"].subset(torch.as_tensor(~data.test_unseen)), window)
     pick = torch.linspace(0, len(heldout) - 1, min(len(heldout), pd["max_eval_windows"])).long()
-    heldout, heldout_y = heldout[pick], heldout_y[pick]                   # test sentences, seen voices
+    heldout, heldout_y = heldout[pick], heldout_y[pick]                   # test clips, seen classes
     train_fit, train_fit_y = fixed_windows(enc["train"], window)
     pick = torch.linspace(0, len(train_fit) - 1, min(len(train_fit), len(heldout))).long()
     train_fit, train_fit_y = train_fit[pick], train_fit_y[pick]           # same scoring, training codes
@@ -230,9 +281,9 @@ def main(argv=None) -> dict:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
-    # 5. Samples: a few seconds per voice (WAV + spectrogram each), and sample metrics -------
+    # 5. Samples: a few seconds per class (WAV + spectrogram each), and sample metrics -------
     ps = cfg["prior_samples"]
-    shown = seen_voices[:ps["report_voices"]]
+    shown = seen_classes[:ps[f"report_{label}s"]]
     t0 = time.time()
     waves = pipe.generate(len(shown), labels=shown, seed=cfg["seed"], progress=cfg["progress"],
                           **cfg["sampling"])
@@ -244,31 +295,33 @@ def main(argv=None) -> dict:
         data.train, data.test, num_classes=len(data.classes), steps=cfg["classifier"]["steps"],
         batch_size=cfg["classifier"]["batch_size"], crop_seconds=cfg["classifier"]["crop_seconds"],
         seed=cfg["seed"], device=device, progress=cfg["progress"],
-        cache_path=Path(cfg["data_root"]) / data.name / f"voice-classifier-s{cfg['classifier']['steps']}.safetensors")
-    eval_labels = torch.tensor(seen_voices).repeat(ps["eval_per_voice"])
+        cache_path=Path(cfg["data_root"]) / data.name / f"{label}-classifier-s{cfg['classifier']['steps']}.safetensors")
+    eval_labels = torch.tensor(seen_classes).repeat(ps[f"eval_per_{label}"])
     fake = pipe.generate(len(eval_labels), labels=eval_labels, seed=cfg["seed"] + 1,
                          batch_size=ps["batch_size"], progress=cfg["progress"], **cfg["sampling"])
     length = fake.shape[-1]
     test_seen_idx = [i for i in range(len(data.test)) if not data.test_unseen[i]]
-    real = crop_clips(data.test, length, index=test_seen_idx)               # held-out, seen voices
+    real = crop_clips(data.test, length, index=test_seen_idx)               # held-out, seen classes
     train_real = crop_clips(data.train, length,
                             index=torch.linspace(0, len(data.train) - 1, len(real)).long())
     metrics["sample_class_accuracy"] = audio_class_accuracy(fake, eval_labels, clf)
     metrics["classifier_test_accuracy"] = clf_acc
-    metrics["sample_voice_fd"] = audio_frechet_distance(real, fake, clf)
-    metrics["train_test_voice_fd"] = audio_frechet_distance(real, train_real, clf)
+    metrics[f"sample_{label}_fd"] = audio_frechet_distance(real, fake, clf)
+    metrics[f"train_test_{label}_fd"] = audio_frechet_distance(real, train_real, clf)
     metrics["sample_mel_fd"] = mel_frechet_distance(real, fake, tokenizer.sample_rate)
     metrics["train_test_mel_fd"] = mel_frechet_distance(real, train_real, tokenizer.sample_rate)
+    extra = modality.sample_metrics(fake, real, tokenizer.sample_rate) if modality.sample_metrics else {}
+    metrics.update(extra)
     print("samples: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in (
         "prior_bits_per_code", "prior_train_bits_per_code", "sample_class_accuracy",
-        "classifier_test_accuracy", "sample_mel_fd", "train_test_mel_fd")))
+        "classifier_test_accuracy", "sample_mel_fd", "train_test_mel_fd", *extra)))
 
     # 6. Metrics and report -----------------------------------------------------------------
     metrics["train_seconds"] = tok_seconds + prior_seconds
     metrics["total_seconds"] = time.time() - t_start
     metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    report = write_report(run_dir, title=f"vqgen speech recipe: {cfg['name']}")
+    report = write_report(run_dir, title=f"vqgen {modality.name} recipe: {cfg['name']}")
     print(json.dumps({k: v for k, v in metrics.items() if "level" not in k}))
     print(f"report: {report}")
     return metrics

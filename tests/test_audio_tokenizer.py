@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from vqgen import AudioTokenizer
-from vqgen.tokenizers.audio import audio_tokenizer_debug
+from vqgen.tokenizers.audio import audio_tokenizer_debug, music_16khz, speech_16khz
 
 
 def tone(t: int, rate: int = 16000, batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -92,6 +92,27 @@ def test_save_load_round_trip(model, tmp_path):
     assert torch.equal(loaded.encode(wave), codes)
     assert torch.allclose(loaded.decode(codes), model.decode(codes))
     assert loaded.config == model.config
+
+
+def test_music_preset_round_trip(tmp_path):
+    """The music preset: speech's codes (100 Hz, 4 x 1024, 4 kbps) over a 640-sample window;
+    narrow (channels=16) so the test is fast."""
+    torch.manual_seed(0)
+    music = music_16khz(channels=16)
+    speech = speech_16khz(channels=16)
+    assert (music.config.n_fft, music.config.stft_hop) == (640, 160) and speech.config.n_fft == 320
+    assert (music.frame_rate, music.num_codebooks, music.codebook_size) == (100, 4, 1024)
+    assert music.bitrate() == pytest.approx(4.0) and music.config.vq_cosine is False
+    assert music_16khz(n_fft=960).config.n_fft == 960               # overrides win
+    music(tone(3200))                                               # k-means init
+    music.eval()
+    music.save_pretrained(tmp_path / "music")
+    loaded = AudioTokenizer.from_pretrained(tmp_path / "music")
+    assert loaded.config == music.config
+    wave = tone(4000)
+    codes = music.encode(wave)
+    assert codes.shape == (2, 4, 25) and torch.equal(loaded.encode(wave), codes)
+    assert torch.allclose(loaded.decode(codes, length=4000), music.decode(codes, length=4000))
 
 
 def test_file_round_trip_with_downmix(model, tmp_path):

@@ -114,6 +114,53 @@ def test_token_accuracy_and_exact_match_with_lengths():
         token_accuracy(pred, target, torch.tensor([1, 2, 3]))
 
 
+# --------------------------------------------------------------------------- key consistency
+def _notes(midi, seconds=2.0, rate=16000, harmonics=6):
+    """(1, T) sum of harmonic tones (amplitude 1/k) at the MIDI pitches ``midi``."""
+    t = torch.arange(int(seconds * rate)) / rate
+    wave = sum(torch.sin(2 * math.pi * 440 * 2 ** ((m - 69) / 12) * k * t) / k
+               for m in midi for k in range(1, harmonics + 1))
+    return (0.5 * wave / wave.abs().max())[None]
+
+
+def test_key_consistency_triad_cluster_and_silence():
+    from vqgen.metrics.audio import chroma, key_consistency
+    assert key_consistency(_notes([60, 64, 67]), 16000) == pytest.approx(1.0, abs=0.05)          # C major
+    assert key_consistency(_notes([57, 61, 64])[:, None], 16000) == pytest.approx(1.0, abs=0.05)  # A major, (N, 1, T)
+    assert key_consistency(_notes([60, 61, 62]), 16000) == pytest.approx(0.0, abs=0.05)  # C C# D
+    assert key_consistency(_notes([60, 61, 62], harmonics=1), 16000) == pytest.approx(0.0, abs=0.05)
+    assert key_consistency(torch.zeros(2, 16000), 16000) == 0.0                        # no loud frame
+    assert key_consistency(1e-5 * _notes([60, 61, 62]), 16000) == 0.0                  # below -60 dBFS
+    # a silent clip next to a triad: only the triad's frames count
+    assert key_consistency(torch.cat([torch.zeros(1, 32000), _notes([60, 64, 67])]), 16000) == 1.0
+    pcs, level = chroma(_notes([69], harmonics=1), 16000)                            # A4 sine
+    assert pcs.shape[0] == 1 and pcs.shape[2] == 12 and int(pcs[0].sum(0).argmax()) == 9
+    assert 10 * math.log10(float(level[0, 4])) == pytest.approx(10 * math.log10(0.125), abs=0.5)
+
+
+@pytest.mark.parametrize("bad, kwargs, match", [
+    (torch.zeros(2, 1, 1, 100), {}, "float tensor|\\(N, 1, T\\)"),
+    (torch.zeros(0, 100), {}, "N, T >= 1"),
+    (torch.zeros(2, 100, dtype=torch.int16), {}, "float"),
+    (torch.full((1, 100), float("nan")), {}, "finite"),
+    (torch.zeros(1, 100), {"sample_rate": 0}, "positive integer"),
+    (torch.zeros(1, 100), {"sample_rate": 4000}, "fmax"),
+    (torch.zeros(1, 100), {"top": 0}, "top"),
+    (torch.zeros(1, 100), {"relative": 2.0}, "relative"),
+])
+def test_key_consistency_rejects_bad_input(bad, kwargs, match):
+    from vqgen.metrics.audio import key_consistency
+    kwargs = {"sample_rate": 16000, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        key_consistency(bad, **kwargs)
+
+
+def test_key_consistency_is_in_the_glossary():
+    from vqgen.metrics.glossary import METRICS
+    for key in ("sample_key_consistency", "test_key_consistency"):
+        assert METRICS[key].unit == "fraction" and METRICS[key].meaning
+
+
 # --------------------------------------------------------------------------- classifier / FD
 def test_frechet_distance_self_is_zero_and_shift_is_positive(digits, classifier):
     model, _ = classifier

@@ -3,7 +3,6 @@ encode -> windows -> voice-conditioned delay prior -> samples (WAV + spectrogram
 metrics -> report; then a re-run reuses the finished prior and reproduces the metrics."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,15 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("speech_recipe", ROOT / "recipes" / "speech.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_folder(root: Path) -> Path:
@@ -36,23 +27,13 @@ def make_folder(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from vqgen.tokenizers.audio import audio_tokenizer_debug
+def run(tmp_path_factory, load_recipe, tiny_audio_args):
     tmp = tmp_path_factory.mktemp("speech")
-    torch.manual_seed(0)
-    tok_dir = audio_tokenizer_debug().save_pretrained(tmp / "tok")
-    argv = ["--preset", "quick", "--runs", str(tmp / "runs"), "--no-progress", "name=smoke",
-            f"dataset=folder:{make_folder(tmp / 'audio')}", f"data_root={tmp / 'data'}",
-            f"tokenizer_from={tok_dir}", "tokenizer_eval.max_clips=2", "tokenizer_eval.stoi=false",
-            "tokenizer_eval.seconds=0.5", "tokenizer_eval.num_audio_examples=1",
-            "prior_config.transformer.hidden_size=32", "prior_config.transformer.num_layers=1",
-            "prior_config.transformer.num_heads=2", "prior_data.window_seconds=0.4",
-            "prior_data.max_clips_per_voice=5", "prior_train.steps=6", "prior_train.batch_size=4",
-            "prior_train.checkpoint_every=3", "prior_train.warmup_steps=2",
-            "prior_train.cpu_amp=false", "classifier.steps=3",
-            "classifier.batch_size=4", "classifier.crop_seconds=0.3", "prior_samples.eval_per_voice=2",
-            "prior_samples.report_voices=2", "prior_samples.batch_size=4"]
-    metrics = load_recipe().main(argv)
+    argv = tiny_audio_args(tmp) + [
+        f"dataset=folder:{make_folder(tmp / 'audio')}", "tokenizer_eval.stoi=false",
+        "prior_data.max_clips_per_voice=5", "prior_samples.eval_per_voice=2",
+        "prior_samples.report_voices=2"]
+    metrics = load_recipe("speech").main(argv)
     return tmp / "runs" / "smoke", metrics, argv
 
 
@@ -78,8 +59,8 @@ def test_prior_stages_write_metrics_samples_and_report(run):
     assert "sample_mel_fd" in html and "data:audio/wav;base64," in html
 
 
-def test_rerun_reuses_the_prior_and_reproduces_metrics(run):
+def test_rerun_reuses_the_prior_and_reproduces_metrics(run, load_recipe):
     run_dir, metrics, argv = run
-    again = load_recipe().main(argv)
+    again = load_recipe("speech").main(argv)
     for key in ("prior_bits_per_code", "sample_class_accuracy", "sample_mel_fd"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-6), key

@@ -68,6 +68,14 @@ METRICS: dict[str, MetricInfo] = {
                                 "vs real audio", "lower is better; compare with train_test_mel_fd"),
     "train_test_mel_fd": MetricInfo("distance", "the same distance between real training and "
                                     "real test audio", "the yardstick for sample_mel_fd"),
+    # music
+    "sample_key_consistency": MetricInfo("fraction", "share of the samples' loud frames whose 4 "
+                                         "strongest pitch classes fit one major/minor key "
+                                         "(chroma, 60 Hz-4 kHz; silence scores 0)",
+                                         "close to test_key_consistency; random pitches "
+                                         "score ~0.5, chorales ~0.93"),
+    "test_key_consistency": MetricInfo("fraction", "the same share on real held-out music (unseen "
+                                       "pieces)", "the yardstick for sample_key_consistency"),
     # text
     "test_token_accuracy": MetricInfo("fraction", "share of held-out tokens reconstructed "
                                       "exactly", "higher is better; 1 = lossless"),
