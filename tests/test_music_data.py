@@ -107,7 +107,9 @@ def test_prepare_load_round_trip(tmp_path, test_piece, monkeypatch):
         assert clips.audio.dtype == np.int16 and np.diff(clips.offsets).tolist() == [SR] * 2
         assert np.abs(clips.clip(0).numpy()).max() == pytest.approx(PEAK, abs=1e-3)
     # the stored clips are what synthesize gives for the recorded augmentation
-    arrays, meta = load_arrays(tmp_path / "music" / "prepared")
+    cache = prepare_music(tmp_path, progress=False, seed=0, **TINY)   # non-default: its own folder
+    assert cache.parent == tmp_path / "music" and cache.name.startswith("prepared-")
+    arrays, meta = load_arrays(cache)
     assert meta["pieces"][piece] in {p.stem for p in chorale_paths()} and meta["classes"] == data.classes
     assert abs(arrays["test_transpose"]).max() <= 3
     assert ((80 <= arrays["test_tempo"]) & (arrays["test_tempo"] <= 120)).all()
@@ -119,10 +121,14 @@ def test_prepare_load_round_trip(tmp_path, test_piece, monkeypatch):
     monkeypatch.setattr("vqgen.data.music.chorale_notes", lambda *a: pytest.fail("re-rendered"))
     again = load_music_dataset("music", root=tmp_path, progress=False, seed=0, **TINY)
     assert again.train.audio.tobytes() == data.train.audio.tobytes()
-    # other settings make the cache stale (notes stubbed: no third parse)
+    # other settings render into their own folder (notes stubbed: no third parse); both stay
     monkeypatch.setattr("vqgen.data.music.chorale_notes", lambda *a: notes)
     shorter = load_music_dataset("music", root=tmp_path, progress=False, seed=0, **{**TINY, "clip_seconds": 0.5})
     assert np.diff(shorter.test.offsets).tolist() == [SR // 2] * 2
+    assert len(list((tmp_path / "music").glob("prepared-*/manifest.json"))) == 2
+    monkeypatch.setattr("vqgen.data.music.chorale_notes", lambda *a: pytest.fail("re-rendered"))
+    assert load_music_dataset("music", root=tmp_path, progress=False, seed=0, **TINY).train.audio.tobytes() \
+        == data.train.audio.tobytes()
 
 
 @pytest.mark.parametrize("settings, match", [

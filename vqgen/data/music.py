@@ -19,11 +19,15 @@ The split is by piece and fixed by ``seed``: pieces (variants of one chorale, ``
 never appear in training. Limiting ``num_pieces`` takes the first pieces of each side in that
 order, so a small dataset's test pieces are also test pieces of the full one.
 
-Prepared data lives in ``<root>/music/prepared/`` (see :mod:`vqgen.data.cache`): int16 audio
+Prepared data lives in ``<root>/music/prepared/`` (``prepared-<digest>/`` for non-default
+settings; see :mod:`vqgen.data.cache`): int16 audio
 back to back with offsets, labels (timbre ids), piece ids and the augmentation of every clip.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,8 +267,9 @@ def prepare_music(root: str | Path = "data", num_pieces: int | None = None, clip
                   clip_seconds: float = 4.0, test_fraction: float = 0.1, transpose: int = 3,
                   tempo: tuple[float, float] = (80.0, 120.0), timbres: tuple[str, ...] = tuple(TIMBRES),
                   seed: int = 0, progress: bool = True) -> Path:
-    """Render the chorales into ``<root>/music/prepared/`` (skipped when a cache with the same
-    settings exists); returns that directory.
+    """Render the chorales into ``<root>/music/prepared/`` (``prepared-<digest>/`` for other
+    than the default settings; skipped when a cache with the same settings exists); returns that
+    directory.
 
     Every piece (``num_pieces`` of them, ``None`` = all, split by :func:`split_pieces`) gives
     ``clips_per_piece`` excerpts of ``clip_seconds`` in every timbre of ``timbres``, each with
@@ -279,7 +284,15 @@ def prepare_music(root: str | Path = "data", num_pieces: int | None = None, clip
                     test_fraction=float(test_fraction), transpose=int(transpose),
                     tempo=[float(x) for x in tempo], timbres=timbres, split_seed=seed,
                     sample_rate=SAMPLE_RATE, peak=PEAK, num_available=len(paths))
-    out = Path(root) / "music" / "prepared"
+    # the default settings cache under prepared/, any other under prepared-<digest>/ (so a quick
+    # slice and the full set live side by side instead of re-rendering each other)
+    defaults = inspect.signature(prepare_music).parameters
+    is_default = all(defaults[k].default == v for k, v in dict(
+        num_pieces=num_pieces, clips_per_piece=clips_per_piece, clip_seconds=clip_seconds,
+        test_fraction=test_fraction, transpose=transpose, tempo=tuple(tempo), timbres=tuple(timbres),
+        seed=seed).items())
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    out = Path(root) / "music" / ("prepared" if is_default else f"prepared-{digest}")
     if load_arrays(out, **settings) is not None:
         return out
     names = [p.stem for p in paths]
