@@ -43,7 +43,8 @@ from vqgen.report import write_report
 from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.tokenizers import image as image_tokenizers
 from vqgen.tokenizers.image import ImageTokenizer
-from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
+from vqgen.training import (TrainConfig, epoch_capped_steps, init_distributed, is_main_process,
+                            resolve_device, train)
 
 HERE = Path(__file__).resolve().parent
 PRIORS = {"transformer": TransformerPrior, "pixelcnn": PixelCNNPrior}
@@ -190,9 +191,9 @@ def main(argv=None) -> dict:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     clf_cfg = cfg["classifier"]
-    clf_steps = clf_cfg["steps"]
-    if clf_cfg["max_epochs"]:  # a small folder: a fixed number of passes, not the preset's steps
-        clf_steps = min(clf_steps, math.ceil(clf_cfg["max_epochs"] * len(data.train_x) / clf_cfg["batch_size"]))
+    # a small folder: a fixed number of passes, not the preset's steps
+    clf_steps = epoch_capped_steps(clf_cfg["steps"], clf_cfg["max_epochs"] or None,
+                                   math.ceil(len(data.train_x) / clf_cfg["batch_size"]))
     clf, clf_acc = M.train_classifier(
         data.train_x, data.train_y, data.test_x, data.test_y, steps=clf_steps,
         batch_size=clf_cfg["batch_size"], device=device, num_classes=num_classes,

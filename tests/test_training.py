@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from vqgen.modeling import ConfigModel
-from vqgen.training import (TrainConfig, TrainingDivergedError, build_optimizer, init_distributed,
-                            train, warmup_cosine)
+from vqgen.training import (TrainConfig, TrainingDivergedError, build_optimizer, epoch_capped_steps,
+                            init_distributed, train, warmup_cosine)
 
 
 # --------------------------------------------------------------------------- a tiny model
@@ -320,3 +320,7 @@ def test_max_epochs_caps_steps_on_a_small_dataset(tmp_path, capsys):
     assert result.steps == 20
     with pytest.raises(ValueError, match="max_epochs"):
         cfg(max_epochs=0)
+    # the same rule for a recipe's own loop (the image classifier)
+    assert epoch_capped_steps(20, 2, 6) == 12 and epoch_capped_steps(20, 0.5, 5) == 3
+    assert epoch_capped_steps(20, None, 6) == 20 and epoch_capped_steps(20, 10, 6) == 20
+    assert epoch_capped_steps(20, 0.01, 6) == 1

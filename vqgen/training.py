@@ -274,13 +274,20 @@ def _step_model(model: nn.Module, device: torch.device, compile_: bool) -> Any:
 
 
 # --------------------------------------------------------------------------- optimizer, schedule
+def epoch_capped_steps(steps: int, max_epochs: float | None, num_batches: int) -> int:
+    """``steps`` lowered to ``ceil(max_epochs * num_batches)`` (at least 1) when that is
+    smaller; ``steps`` unchanged when ``max_epochs`` is ``None``. Shared by :func:`train` and
+    the recipes' own small loops (e.g. the image recipe's classifier)."""
+    if max_epochs is None:
+        return steps
+    return min(steps, max(1, math.ceil(max_epochs * num_batches)))
+
+
 def _cap_steps(config: TrainConfig, num_batches: int, component: str, main: bool) -> TrainConfig:
     """``config`` with ``steps`` lowered to ``ceil(max_epochs * num_batches)`` when that is
     smaller (announced once), and ``warmup_steps`` kept below it: a small dataset then trains
     for a fixed number of passes instead of overfitting for the preset's full step count."""
-    if config.max_epochs is None:
-        return config
-    cap = max(1, math.ceil(config.max_epochs * num_batches))
+    cap = epoch_capped_steps(config.steps, config.max_epochs, num_batches)
     if cap >= config.steps:
         return config
     warmup = min(config.warmup_steps, cap // 10)
