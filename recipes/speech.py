@@ -113,6 +113,19 @@ def fixed_length(clips, index, seconds: float) -> torch.Tensor:
     return waves
 
 
+def spread_over_classes(index: list[int], labels, n: int) -> list[int]:
+    """Up to ``n`` of ``index``, classes taken in turn (the first clip of each class in order of
+    appearance, then the second of each, ...): examples that show several voices or timbres."""
+    queues: dict[int, list[int]] = {}
+    for i in index:
+        queues.setdefault(int(labels[i]), []).append(i)
+    out, rank = [], 0
+    while len(out) < n and any(len(q) > rank for q in queues.values()):
+        out += [q[rank] for q in queues.values() if len(q) > rank][:n - len(out)]
+        rank += 1
+    return out
+
+
 def main(argv=None, modality: Modality = SPEECH) -> dict:
     cfg = parse_args(argv, modality)
     label = modality.label
@@ -220,7 +233,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     samples_dir = run_dir / "samples"
     if main_rank:
         n_seen = ev["num_audio_examples"] - min(1, len(unseen_idx))      # one of an unseen class, if any
-        for j, i in enumerate((seen_idx[:n_seen] + unseen_idx[:1])[:ev["num_audio_examples"]]):
+        shown = spread_over_classes(seen_idx, data.test.labels, n_seen) + unseen_idx[:1]
+        for j, i in enumerate(shown[:ev["num_audio_examples"]]):
             wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
             tag = f"recon_{j}_{data.classes[int(data.test.labels[i])]}" + ("_unseen" if data.test_unseen[i] else "")
             codes = tokenizer.encode(wave)

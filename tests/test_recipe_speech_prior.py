@@ -64,3 +64,13 @@ def test_rerun_reuses_the_prior_and_reproduces_metrics(run, load_recipe):
     again = load_recipe("speech").main(argv)
     for key in ("prior_bits_per_code", "sample_class_accuracy", "sample_mel_fd"):
         assert again[key] == pytest.approx(metrics[key], rel=1e-6), key
+
+
+def test_reconstruction_examples_take_classes_in_turn(load_recipe):
+    spread = load_recipe("speech").spread_over_classes
+    labels = [0, 0, 0, 1, 1, 2]                      # test clips ordered by class, as prepared
+    assert spread(list(range(6)), labels, 3) == [0, 3, 5]
+    assert spread(list(range(6)), labels, 5) == [0, 3, 5, 1, 4]
+    assert spread([0, 1, 2], labels, 3) == [0, 1, 2]   # one class: its clips in order
+    assert spread(list(range(6)), labels, 10) == [0, 3, 5, 1, 4, 2]
+    assert spread([], labels, 2) == []
