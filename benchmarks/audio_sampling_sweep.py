@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vqgen.metrics.audio_classifier import (audio_class_accuracy, crop_clips,  # noqa: E402
-                                            mel_frechet_distance, train_audio_classifier)
+                                            mel_frechet_distance)
 from vqgen.pipeline import GenerationPipeline  # noqa: E402
 
 DEFAULT_SETTINGS = [
@@ -61,11 +61,7 @@ def main() -> int:
     data = modality.load_data(cfg)
     run_dir = Path(cfg["runs"]) / cfg["name"]
     pipe = GenerationPipeline.from_pretrained(run_dir, map_location="cpu")
-    label, c = modality.label, cfg["classifier"]
-    clf, clf_acc = train_audio_classifier(
-        data.train, data.test, num_classes=len(data.classes), steps=c["steps"], batch_size=c["batch_size"],
-        crop_seconds=c["crop_seconds"], seed=cfg["seed"], progress=False,
-        cache_path=Path(cfg["data_root"]) / data.name / f"{label}-classifier-s{c['steps']}.safetensors")
+    clf, clf_acc = base.class_classifier(cfg, data, modality.label)
     seen = sorted({int(v) for v in data.train.labels})
     labels = torch.tensor(seen).repeat(args.per_class)
     test_seen = [i for i in range(len(data.test)) if not data.test_unseen[i]]

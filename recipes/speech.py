@@ -126,6 +126,17 @@ def spread_over_classes(index: list[int], labels, n: int) -> list[int]:
     return out
 
 
+def class_classifier(cfg: dict, data: RecipeData, label: str, device="cpu"):
+    """The recipe's voice / timbre classifier for sample metrics: trained on the training clips
+    with ``cfg["classifier"]`` settings, cached beside the data (``<label>-classifier-s<steps>``);
+    returns ``(model, its held-out accuracy)``."""
+    c = cfg["classifier"]
+    return train_audio_classifier(
+        data.train, data.test, num_classes=len(data.classes), steps=c["steps"], batch_size=c["batch_size"],
+        crop_seconds=c["crop_seconds"], seed=cfg["seed"], device=device, progress=cfg["progress"],
+        cache_path=Path(cfg["data_root"]) / data.name / f"{label}-classifier-s{c['steps']}.safetensors")
+
+
 def main(argv=None, modality: Modality = SPEECH) -> dict:
     cfg = parse_args(argv, modality)
     label = modality.label
@@ -305,11 +316,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
               nrow=ps["grid_columns"])
     print(f"sampled {len(shown)} x {waves.shape[-1] / tokenizer.sample_rate:g} s in "
           f"{time.time() - t0:.1f} s")
-    clf, clf_acc = train_audio_classifier(
-        data.train, data.test, num_classes=len(data.classes), steps=cfg["classifier"]["steps"],
-        batch_size=cfg["classifier"]["batch_size"], crop_seconds=cfg["classifier"]["crop_seconds"],
-        seed=cfg["seed"], device=device, progress=cfg["progress"],
-        cache_path=Path(cfg["data_root"]) / data.name / f"{label}-classifier-s{cfg['classifier']['steps']}.safetensors")
+    clf, clf_acc = class_classifier(cfg, data, label, device)
     eval_labels = torch.tensor(seen_classes).repeat(ps[f"eval_per_{label}"])
     fake = pipe.generate(len(eval_labels), labels=eval_labels, seed=cfg["seed"] + 1,
                          batch_size=ps["batch_size"], progress=cfg["progress"], **cfg["sampling"])
