@@ -9,6 +9,7 @@ import soundfile as sf
 from vqgen.data.cache import load_arrays
 from vqgen.data.music import (PEAK, TIMBRES, chorale_notes, chorale_paths, load_music_dataset,
                               prepare_music, split_pieces, synthesize)
+from vqgen.data.soundfont import gm_program, soundfont_available
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("music21") is None,
                                 reason="music21 is not installed (pip install music21)")
@@ -137,6 +138,7 @@ def test_prepare_load_round_trip(tmp_path, test_piece, monkeypatch):
     (dict(test_fraction=1.0), "test_fraction"), (dict(transpose=-1), "transpose"),
     (dict(tempo=(120, 80)), "tempo"), (dict(tempo=100), "tempo"),
     (dict(timbres=("organ", "violin")), "timbres"), (dict(timbres="organ"), "timbres"),
+    (dict(timbres=("organ", "gm:128")), "gm:<0-127>"), (dict(timbres=("organ", "gm:x")), "gm:<0-127>"),
 ])
 def test_bad_settings_raise(tmp_path, settings, match):
     with pytest.raises(ValueError, match=match):
@@ -153,6 +155,49 @@ def test_bad_names_and_synth_arguments(tmp_path):
         synthesize(np.zeros(3), "organ")
     with pytest.raises(ValueError, match="tempo"):
         synthesize(np.zeros((1, 3)), "organ", tempo=0)
+
+
+needs_soundfont = pytest.mark.skipif(not soundfont_available(),
+                                     reason="no GM renderer: pip install --no-deps tinysoundfont pretty_midi")
+
+
+@needs_soundfont
+def test_gm_soundfont_timbres_render_chorales(test_piece, tmp_path, monkeypatch):
+    """General MIDI programs as timbres: deterministic, finite, audible, the expected length,
+    the right pitch, and programs that differ; prepared data caches them under their own digest."""
+    _, notes = test_piece
+    assert gm_program("gm:19") == 19 and gm_program("organ") is None
+    renders = {}
+    for name in ("gm:19", "gm:24"):                                    # church organ, nylon guitar
+        w = synthesize(notes, name, tempo=100, transpose=-2, start=1.0, seconds=2.5)
+        assert w.dtype == np.float32 and w.shape == (int(2.5 * SR),) and np.isfinite(w).all()
+        assert np.array_equal(w, synthesize(notes, name, tempo=100, transpose=-2, start=1.0, seconds=2.5))
+        assert np.abs(w).max() == pytest.approx(PEAK, abs=1e-6) and np.sqrt((w ** 2).mean()) > 0.03, name
+        renders[name] = w
+    assert not np.allclose(renders["gm:19"], renders["gm:24"], atol=1e-2)
+    note = np.array([[69.0, 1.0, 1.0]])                                # A4 from 0.5 s (120 qpm)
+    w = synthesize(note, "gm:19", tempo=120, transpose=3, seconds=1.5)
+    spec = np.abs(np.fft.rfft(w[8800:16800]))                          # 0.5 s: 2 Hz bins
+    freqs, f0 = np.fft.rfftfreq(8000, 1 / SR), 440.0 * 2 ** (3 / 12)   # C5, 523 Hz
+    band = (freqs > 300) & (freqs < 800)                               # one octave around f0
+    assert abs(freqs[band][np.argmax(spec[band])] - f0) <= 3.0
+    strongest = freqs[np.argmax(spec)] / f0                            # any peak is a harmonic
+    assert abs(strongest - round(strongest)) < 0.02
+    assert np.abs(w[:7900]).max() == 0                                 # silent before the onset
+    monkeypatch.setattr("vqgen.data.music.chorale_notes", lambda *a: notes)
+    data = load_music_dataset("music", root=tmp_path, progress=False, seed=0,
+                              **{**TINY, "timbres": ("gm:19", "organ")})
+    assert data.classes == ["gm:19", "organ"] and len(data.train) == 2
+    manifest = next((tmp_path / "music").glob("prepared-*/manifest.json")).read_text()
+    assert "TimGM6mb.sf2" in manifest or "soundfont" in manifest
+
+
+def test_gm_timbre_without_a_soundfont_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQGEN_SOUNDFONT", str(tmp_path / "missing.sf2"))
+    with pytest.raises(ValueError, match="soundfont"):
+        prepare_music(tmp_path, progress=False, **{**TINY, "timbres": ("gm:19", "organ")})
+    with pytest.raises(ValueError, match="soundfont"):
+        synthesize(np.array([[60.0, 0.0, 1.0]]), "gm:19", seconds=1.0)
 
 
 def test_audio_folder_as_for_speech(tmp_path):

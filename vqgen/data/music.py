@@ -3,7 +3,9 @@
 Pieces are the chorales in ``music21``'s bundled corpus (the ``bach`` folder's MusicXML files,
 about 400; no network). Each piece is parsed once into notes ``(pitch, onset, duration)`` in
 quarter lengths (ties merged, every part kept), then rendered to 16 kHz mono by
-:func:`synthesize` in each *timbre* of :data:`TIMBRES`; the timbre is the class label.
+:func:`synthesize` in each *timbre* of :data:`TIMBRES`; the timbre is the class label. A timbre
+may also be a General MIDI program, ``"gm:<0-127>"``, rendered through a soundfont when the
+optional renderer is installed (:mod:`vqgen.data.soundfont`).
 
 A :class:`Timbre` is a harmonic spectrum (amplitude of harmonic ``k``), an attack/decay/
 sustain/release envelope, optional per-harmonic exponential decay (plucked strings) and optional
@@ -37,6 +39,7 @@ import numpy as np
 from ..progress import progress_bar
 from .audio import AudioClips, pack_clips, split_clips
 from .cache import load_arrays, save_arrays
+from .soundfont import gm_program, render_gm, require_soundfont
 
 SAMPLE_RATE = 16000
 PEAK = 0.5                  # peak of every rendered clip (-6 dBFS): headroom, never clips
@@ -180,12 +183,15 @@ def synthesize(notes: np.ndarray, timbre: str | Timbre, *, tempo: float = 100.0,
     :func:`chorale_notes`) at ``tempo`` quarter notes per minute, ``transpose`` semitones up,
     in one timbre; returns float32 ``(round(seconds * sample_rate),)``: the excerpt from
     ``start`` seconds, peak-normalised to ``peak`` (an all-silent excerpt stays zeros).
+    ``timbre`` is a built-in :class:`Timbre` (or its name in :data:`TIMBRES`) or a General MIDI
+    program ``"gm:<0-127>"`` rendered through a soundfont (:mod:`vqgen.data.soundfont`).
 
     Deterministic: the same arguments give the same samples (``seed`` sets vibrato phases).
-    Raises ``ValueError`` for an unknown timbre name, a bad ``notes`` shape or a non-positive
-    ``tempo``/``seconds``.
+    Raises ``ValueError`` for an unknown timbre name, a bad ``notes`` shape, a non-positive
+    ``tempo``/``seconds``, or a GM timbre where no soundfont renderer is installed.
     """
-    if isinstance(timbre, str):
+    program = gm_program(timbre)
+    if isinstance(timbre, str) and program is None:
         if timbre not in TIMBRES:
             raise ValueError(f"expected a timbre in {list(TIMBRES)}, got {timbre!r}")
         timbre = TIMBRES[timbre]
@@ -194,6 +200,9 @@ def synthesize(notes: np.ndarray, timbre: str | Timbre, *, tempo: float = 100.0,
         raise ValueError(f"expected notes of shape (n, 3) (pitch, onset, duration), got {notes.shape}")
     if not tempo > 0 or not seconds > 0:
         raise ValueError(f"expected tempo > 0 and seconds > 0, got tempo={tempo}, seconds={seconds}")
+    if program is not None:
+        return render_gm(notes, program, tempo=tempo, transpose=transpose, start=start, seconds=seconds,
+                         sample_rate=sample_rate, peak=peak)
     sec_per_q = 60.0 / tempo
     out = np.zeros(int(round(seconds * sample_rate)), dtype=np.float64)
     vib = np.random.default_rng(seed).uniform(0, 2 * np.pi, size=len(notes))
@@ -257,10 +266,14 @@ def _check_settings(num_pieces, clips_per_piece, clip_seconds, test_fraction, tr
             and all(isinstance(x, (int, float)) for x in tempo) and 0 < tempo[0] <= tempo[1]):
         raise ValueError(f"tempo must be (low, high) quarter notes per minute with 0 < low <= high, got {tempo!r}")
     if isinstance(timbres, str) or not isinstance(timbres, (list, tuple)):
-        raise ValueError(f"timbres must be a list of names from {list(TIMBRES)}, got {timbres!r}")
-    unknown = [t for t in timbres if t not in TIMBRES]
+        raise ValueError(f"timbres must be a list of names from {list(TIMBRES)} or 'gm:<0-127>', "
+                         f"got {timbres!r}")
+    unknown = [t for t in timbres if t not in TIMBRES and gm_program(t) is None]
     if not timbres or unknown or len(set(timbres)) != len(timbres):
-        raise ValueError(f"timbres must be distinct names from {list(TIMBRES)}, got {list(timbres)!r}")
+        raise ValueError(f"timbres must be distinct names from {list(TIMBRES)} or 'gm:<0-127>', "
+                         f"got {list(timbres)!r}")
+    if any(gm_program(t) is not None for t in timbres):
+        require_soundfont()
 
 
 def prepare_music(root: str | Path = "data", num_pieces: int | None = None, clips_per_piece: int = 1,
@@ -284,6 +297,9 @@ def prepare_music(root: str | Path = "data", num_pieces: int | None = None, clip
                     test_fraction=float(test_fraction), transpose=int(transpose),
                     tempo=[float(x) for x in tempo], timbres=timbres, split_seed=seed,
                     sample_rate=SAMPLE_RATE, peak=PEAK, num_available=len(paths))
+    if any(gm_program(t) is not None for t in timbres):      # which soundfont rendered the GM timbres
+        font = require_soundfont()
+        settings["soundfont"] = [font.name, font.stat().st_size]
     # the default settings cache under prepared/, any other under prepared-<digest>/ (so a quick
     # slice and the full set live side by side instead of re-rendering each other)
     defaults = inspect.signature(prepare_music).parameters
