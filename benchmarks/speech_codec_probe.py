@@ -10,7 +10,8 @@ the wall-time budget, gradient clip 1. ``--no-vq`` replaces the quantizer by the
 autoencoder with the same encoder and decoder: the ceiling the codes are measured against).
 Needs the prepared espeak-ng data (``vqgen data prepare speech``). Prints a line every 100 steps
 and a final JSON line: held-out SI-SDR (dB; 24 test clips of seen voices, first 2 s) with 1, 2,
-4, ... levels. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
+4, ... levels, and at all levels the log-mel distance, the output level relative to the input
+(dB) and STOI. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -97,6 +98,11 @@ def main() -> int:
             levels = sorted({1, 2, 4, tok.num_codebooks} & set(range(1, tok.num_codebooks + 1)))
             result["si_sdr_db"] = {n: round(AM.si_sdr(tok.decode(codes[:, :n], length=t), monitor), 2)
                                    for n in levels}
+            top = tok.decode(codes, length=t)
+            result["top_level"] = {      # the spectral side of the trade: distance, level, STOI
+                "mel_distance": round(AM.mel_distance(top, monitor, tok.sample_rate), 3),
+                "level_db": round(10 * math.log10(float(top.square().mean() / monitor.square().mean())), 2),
+                "stoi": round(AM.stoi(top, monitor, tok.sample_rate), 3)}
     print(json.dumps(result), flush=True)
     return 0
 

@@ -7,7 +7,8 @@ import torch
 
 from vqgen.losses import (AdversarialLoss, AudioLossConfig, AudioReconstructionLoss, MelLoss,
                           MultiResolutionSTFTLoss, MultiScaleSTFTDiscriminator,
-                          compressed_spectrum_loss, si_sdr_loss, spectrum_mse, waveform_l1)
+                          compressed_spectrum_loss, sdr_loss, si_sdr_loss, spectrum_mse,
+                          waveform_l1)
 from vqgen.tokenizers.audio import audio_tokenizer_debug
 from vqgen.training import TrainConfig, train
 
@@ -27,6 +28,9 @@ def test_si_sdr_loss_hand_values():
     assert float(si_sdr_loss(t + e, t)) == pytest.approx(0.0, abs=1e-3)               # 0 dB
     assert float(si_sdr_loss(t + 0.1 * e, t)) == pytest.approx(-20.0, abs=1e-2)       # 20 dB
     assert float(si_sdr_loss(3.0 * (t + 0.1 * e), t)) == pytest.approx(-20.0, abs=1e-2)  # scale-free
+    # SDR is not scale-free: t + 0.1 e scores 20 dB, half its level 10 log10(1 / (0.25 + 0.0025))
+    assert float(sdr_loss(t + 0.1 * e, t)) == pytest.approx(-20.0, abs=1e-2)
+    assert float(sdr_loss(0.5 * (t + 0.1 * e), t)) == pytest.approx(-10 * math.log10(1 / 0.2525), abs=1e-2)
 
 
 def test_identical_inputs_give_zero_and_different_give_positive():
@@ -49,9 +53,9 @@ def test_losses_have_finite_gradients_at_digital_silence():
     x = torch.zeros(2, 1, 2000, requires_grad=True)
     target = noise(t=2000)
     loss, terms = AudioReconstructionLoss(AudioLossConfig(stft_weight=1.0, waveform_weight=1.0,
-                                                          si_sdr_weight=1.0), 16000)(x, target)
+                                                          si_sdr_weight=1.0, sdr_weight=1.0), 16000)(x, target)
     loss.backward()
-    assert set(terms) == {"complex_loss", "mel_loss", "stft_loss", "waveform_loss", "si_sdr_loss"}
+    assert set(terms) == {"complex_loss", "mel_loss", "stft_loss", "waveform_loss", "si_sdr_loss", "sdr_loss"}
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
 
 

@@ -7,7 +7,7 @@ its spectra in fp32 with autocast off (bf16 STFTs are too coarse for a loss).
   magnitudes), the loss that lets an STFT-domain codec learn phase.
 - :class:`MultiResolutionSTFTLoss`: spectral convergence + log-magnitude L1 over several FFT sizes.
 - :class:`MelLoss`: L1 between log-mel spectrograms (filterbank from torchaudio).
-- :func:`si_sdr_loss`, :func:`waveform_l1`: waveform-domain terms.
+- :func:`si_sdr_loss`, :func:`sdr_loss`, :func:`waveform_l1`: waveform-domain terms.
 - :class:`AudioReconstructionLoss`: the weighted sum a tokenizer's ``forward`` uses.
 - :class:`MultiScaleSTFTDiscriminator` and :class:`AdversarialLoss`: the optional adversary, one
   auxiliary object (discriminator + its optimizer + its loss) the training step calls; it lives
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["compressed_spectrum_loss", "spectrum_mse", "MultiResolutionSTFTLoss", "MelLoss", "si_sdr_loss",
-           "waveform_l1", "AudioLossConfig", "AudioReconstructionLoss",
+           "sdr_loss", "waveform_l1", "AudioLossConfig", "AudioReconstructionLoss",
            "MultiScaleSTFTDiscriminator", "AdversarialLoss"]
 
 
@@ -150,6 +150,14 @@ def si_sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return -10 * torch.log10(ratio).mean()
 
 
+def sdr_loss(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Negative mean signal-to-distortion ratio in dB, ``10 log10(|t|^2 / |t - p|^2)``: unlike
+    SI-SDR it is not scale-invariant, so a quieter output costs (lower is better)."""
+    pred, target = _check_pair(pred, target)
+    ratio = (target.square().sum(-1) + eps) / ((target - pred).square().sum(-1) + eps)
+    return -10 * torch.log10(ratio).mean()
+
+
 def waveform_l1(pred: Tensor, target: Tensor) -> Tensor:
     pred, target = _check_pair(pred, target)
     return F.l1_loss(pred, target)
@@ -167,6 +175,7 @@ class AudioLossConfig:
     stft_weight: float = 0.0           # multi-resolution STFT loss
     waveform_weight: float = 0.0       # L1 on samples
     si_sdr_weight: float = 0.0         # x (-SI-SDR dB) / 10
+    sdr_weight: float = 0.0            # x (-SDR dB) / 10 (level-sensitive)
     n_fft: int = 320
     hop: int = 160
     power: float = 0.3
@@ -201,6 +210,8 @@ class AudioReconstructionLoss(nn.Module):
             terms["waveform_loss"] = c.waveform_weight * waveform_l1(pred, target)
         if c.si_sdr_weight:
             terms["si_sdr_loss"] = c.si_sdr_weight * si_sdr_loss(pred, target) / 10
+        if c.sdr_weight:
+            terms["sdr_loss"] = c.sdr_weight * sdr_loss(pred, target) / 10
         if not terms:
             raise ValueError("AudioLossConfig: expected at least one non-zero loss weight")
         total = torch.stack(list(terms.values())).sum()
