@@ -9,13 +9,14 @@ PIP := $(BIN)/pip install --disable-pip-version-check -c constraints.txt
 
 venv: $(STAMP)
 
+# The last install is GM soundfont rendering for music (vqgen/data/soundfont.py): tinysoundfont
+# renders offline and pretty_midi only supplies its small GM soundfont; --no-deps skips
+# tinysoundfont's pyaudio (live playback only, needs portaudio headers to build) and pretty_midi's
+# MIDI libraries.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q --upgrade pip
 	$(PIP) -q -e '.[dev,data]'
-	# GM soundfont rendering for music (vqgen/data/soundfont.py): tinysoundfont renders offline and
-	# pretty_midi only supplies its small GM soundfont; --no-deps skips tinysoundfont's pyaudio
-	# (live playback only, needs portaudio headers to build) and pretty_midi's MIDI libraries
 	$(PIP) -q --no-deps tinysoundfont pretty_midi
 	touch $(STAMP)
 
