@@ -272,8 +272,6 @@ def _check_settings(num_pieces, clips_per_piece, clip_seconds, test_fraction, tr
     if not timbres or unknown or len(set(timbres)) != len(timbres):
         raise ValueError(f"timbres must be distinct names from {list(TIMBRES)} or 'gm:<0-127>', "
                          f"got {list(timbres)!r}")
-    if any(gm_program(t) is not None for t in timbres):
-        require_soundfont()
 
 
 def prepare_music(root: str | Path = "data", num_pieces: int | None = None, clips_per_piece: int = 1,

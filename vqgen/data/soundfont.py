@@ -54,8 +54,11 @@ def find_soundfont() -> Path | None:
 
 def soundfont_available() -> bool:
     """True when GM timbres can be rendered here (tinysoundfont and a soundfont file)."""
-    path = find_soundfont()
-    return importlib.util.find_spec("tinysoundfont") is not None and path is not None and path.is_file()
+    try:
+        require_soundfont()
+    except ValueError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=2)
