@@ -8,7 +8,9 @@ The JSON holds ``speech_16khz()`` overrides plus ``lr`` (2e-3), ``batch_size`` (
 ``segment_seconds`` (0.5) and ``max_steps``. Training: AdamW, 50 warmup steps, cosine to 5% over
 the wall-time budget, gradient clip 1. ``--no-vq`` replaces the quantizer by the identity (an
 autoencoder with the same encoder and decoder: the ceiling the codes are measured against).
-Needs the prepared espeak-ng data (``vqgen data prepare speech``). Prints a line every 100 steps
+Needs the prepared espeak-ng data (``vqgen data prepare speech``); ``--modality music`` probes
+``music_16khz()`` on the full music preset's rendered chorales instead (24 test clips spread over
+pieces and timbres; no STOI). Prints a line every 100 steps
 and a final JSON line: held-out SI-SDR (dB; 24 test clips of seen voices, first 2 s) with 1, 2,
 4, ... levels, and at all levels the log-mel distance, the output level relative to the input
 (dB) and STOI. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
@@ -31,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from vqgen.data.audio import ClipSegments  # noqa: E402
 from vqgen.data.speech import load_speech_dataset  # noqa: E402
 from vqgen.metrics import audio as AM  # noqa: E402
-from vqgen.tokenizers.audio import speech_16khz  # noqa: E402
+from vqgen.data.music import load_music_dataset  # noqa: E402
+from vqgen.tokenizers.audio import music_16khz, speech_16khz  # noqa: E402
 from vqgen.tokenizers.quantizers import QuantizerOutput  # noqa: E402
 
 
@@ -42,14 +45,17 @@ def main() -> int:
     p.add_argument("overrides", nargs="?", default="{}")
     p.add_argument("--no-vq", action="store_true", help="identity instead of the quantizer")
     p.add_argument("--data-root", default=str(ROOT / "data"))
+    p.add_argument("--modality", choices=("speech", "music"), default="speech")
     args = p.parse_args()
     over = json.loads(args.overrides)
     lr, batch = float(over.pop("lr", 2e-3)), int(over.pop("batch_size", 16))
     segment, max_steps = float(over.pop("segment_seconds", 0.5)), int(over.pop("max_steps", 10**9))
 
     torch.manual_seed(0)
-    data = load_speech_dataset("speech", root=args.data_root, progress=False, seed=0)
-    tok = speech_16khz(**over)
+    music = args.modality == "music"
+    load, preset = (load_music_dataset, music_16khz) if music else (load_speech_dataset, speech_16khz)
+    data = load(args.modality, root=args.data_root, progress=False, seed=0)
+    tok = preset(**over)
     if args.no_vq:
         def identity(z, n_quantizers=None):
             zeros = {k: torch.tensor(0.0) for k in ("perplexity", "usage", "dead_codes", "n_quantizers")}
@@ -60,7 +66,9 @@ def main() -> int:
           f"{tok.bitrate():g} kbps, {torch.get_num_threads()} threads", flush=True)
 
     segments = ClipSegments(data.train, int(segment * tok.sample_rate))
-    seen = [i for i in range(len(data.test)) if not data.test_unseen[i]][:24]
+    seen = list(range(len(data.test))) if music else [i for i in range(len(data.test)) if not data.test_unseen[i]]
+    seen = [seen[int(j)] for j in torch.linspace(0, len(seen) - 1, min(24, len(seen))).long()] if music \
+        else seen[:24]
     t = 2 * tok.sample_rate
     monitor = torch.zeros(len(seen), 1, t)
     for row, i in enumerate(seen):
@@ -102,7 +110,7 @@ def main() -> int:
             result["top_level"] = {      # the spectral side of the trade: distance, level, STOI
                 "mel_distance": round(AM.mel_distance(top, monitor, tok.sample_rate), 3),
                 "level_db": round(10 * math.log10(float(top.square().mean() / monitor.square().mean())), 2),
-                "stoi": round(AM.stoi(top, monitor, tok.sample_rate), 3)}
+                "stoi": None if music else round(AM.stoi(top, monitor, tok.sample_rate), 3)}
     print(json.dumps(result), flush=True)
     return 0
 
