@@ -10,10 +10,10 @@ the wall-time budget, gradient clip 1. ``--no-vq`` replaces the quantizer by the
 autoencoder with the same encoder and decoder: the ceiling the codes are measured against).
 Needs the prepared espeak-ng data (``vqgen data prepare speech``); ``--modality music`` probes
 ``music_16khz()`` on the full music preset's rendered chorales instead (24 test clips spread over
-pieces and timbres; no STOI). Prints a line every 100 steps
-and a final JSON line: held-out SI-SDR (dB; 24 test clips of seen voices, first 2 s) with 1, 2,
-4, ... levels, and at all levels the log-mel distance, the output level relative to the input
-(dB) and STOI. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
+pieces and timbres; no STOI). Prints a line every 100 steps and a final JSON line: held-out SI-SDR
+(dB; 24 test clips, first 2 s) with 1, 2, 4, ... levels, and at all levels the log-mel distance,
+the output level relative to the input (dB), STOI and, per level, the share of frames whose code
+repeats the previous frame's. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -106,6 +106,10 @@ def main() -> int:
             levels = sorted({1, 2, 4, tok.num_codebooks} & set(range(1, tok.num_codebooks + 1)))
             result["si_sdr_db"] = {n: round(AM.si_sdr(tok.decode(codes[:, :n], length=t), monitor), 2)
                                    for n in levels}
+            # how predictable the codes are from the previous frame: the share of frames whose
+            # code repeats the previous one, per level (a prior's easiest structure)
+            result["code_repeat"] = [round(float((codes[:, q, 1:] == codes[:, q, :-1]).float().mean()), 3)
+                                     for q in range(tok.num_codebooks)]
             top = tok.decode(codes, length=t)
             result["top_level"] = {      # the spectral side of the trade: distance, level, STOI
                 "mel_distance": round(AM.mel_distance(top, monitor, tok.sample_rate), 3),

@@ -3,8 +3,7 @@
 Pipeline (waveform in, waveform out)::
 
     wave (B, 1, T) at sample_rate, padded to a multiple of hop_length
-      -> STFT (n_fft, stft_hop; "same" framing: T / stft_hop frames), optionally demodulated
-         (each bin rotated back by its own phase advance per hop), power-law compressed
+      -> STFT (n_fft, stft_hop; "same" framing: T / stft_hop frames), power-law compressed
          complex spectrum (real | imag stacked: 2 * (n_fft // 2 + 1) channels)
       -> Conv1d + ConvNeXt blocks over frames, strided conv(s) down to the code frame rate
       -> ResidualVQ (Q levels, quantizer dropout: one model serves every bitrate)
@@ -47,12 +46,7 @@ class AudioTokenizerConfig:
     """Everything that defines an :class:`AudioTokenizer` (invalid values raise ``ValueError``).
 
     Signal: ``sample_rate``; STFT ``n_fft`` / ``stft_hop`` (hann window; ``n_fft`` a multiple
-    of ``stft_hop``, at least twice it), ``power`` the magnitude compression exponent;
-    ``demodulate``: reference every frame's phase to absolute time instead of the frame's own
-    start (bin ``k`` of frame ``t`` times ``exp(-2 pi i k t stft_hop / n_fft)``; exact and
-    invertible, losses unchanged), so a steady partial keeps a nearly constant coefficient from
-    frame to frame instead of turning by ``k * stft_hop / n_fft`` cycles per frame: the
-    network sees smooth time series and the codes of held notes repeat; ``frame_downsample`` (1, 2 or 4)
+    of ``stft_hop``, at least twice it), ``power`` the magnitude compression exponent; ``frame_downsample`` (1, 2 or 4)
     STFT frames per code frame. Network: ``channels`` wide ConvNeXt stacks (``kernel_size``,
     ``mlp_mult``), ``encoder_blocks`` / ``decoder_blocks`` at the STFT frame rate and
     ``latent_blocks`` at the code frame rate (each side). Quantizer: ``num_codebooks`` residual
@@ -70,7 +64,6 @@ class AudioTokenizerConfig:
     n_fft: int = 320
     stft_hop: int = 160
     power: float = 0.3
-    demodulate: bool = False
     frame_downsample: int = 2
     channels: int = 256
     block: str = "convnext"             # "convnext" (depthwise k + MLP) | "resnet" (two dense k=3 convs)
@@ -114,7 +107,6 @@ class AudioTokenizerConfig:
              (self.n_fft, self.stft_hop))
         need(self.frame_downsample in (1, 2, 4), "frame_downsample 1, 2 or 4", self.frame_downsample)
         need(0 < self.power <= 1, "power in (0, 1]", self.power)
-        need(isinstance(self.demodulate, bool), "demodulate a bool", self.demodulate)
         for name in ("encoder_blocks", "latent_blocks", "decoder_blocks", "quantizer_warmup_steps"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} an int >= 0", getattr(self, name))
@@ -143,36 +135,19 @@ class AudioTokenizerConfig:
 class _Spectral(nn.Module):
     """"Same"-framed STFT and its inverse: ``T`` samples (a multiple of ``hop``) <-> ``T / hop``
     frames. Frames are centred on ``hop * (i + 1/2)``; the inverse is windowed overlap-add
-    divided by the summed squared window. With ``demodulate``, bin ``k`` of frame ``t`` is
-    multiplied by ``exp(-2 pi i k (t + offset) hop / n_fft)`` (``offset`` the index of the first
-    frame in the whole signal, so chunks agree) and the inverse undoes it."""
+    divided by the summed squared window."""
 
-    def __init__(self, n_fft: int, hop: int, power: float, demodulate: bool = False):
+    def __init__(self, n_fft: int, hop: int, power: float):
         super().__init__()
-        self.n_fft, self.hop, self.power, self.demodulate = n_fft, hop, power, demodulate
+        self.n_fft, self.hop, self.power = n_fft, hop, power
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        # the rotation repeats every n_fft / hop frames: one period, (F, n_fft / hop), exact
-        # integer phase k * t * hop mod n_fft
-        k = torch.arange(n_fft // 2 + 1)[:, None]
-        t = torch.arange(n_fft // hop)[None, :]
-        turns = (k * t * hop % n_fft).double() / n_fft
-        self.register_buffer("rotation", torch.polar(torch.ones_like(turns), -2 * math.pi * turns)
-                             .to(torch.complex64), persistent=False)
 
-    def _rotate(self, spec: Tensor, offset: int, inverse: bool = False) -> Tensor:
-        if not self.demodulate:
-            return spec
-        period = self.rotation.shape[1]
-        idx = (torch.arange(spec.shape[-1], device=spec.device) + offset) % period
-        rot = self.rotation[:, idx]
-        return spec * (rot.conj() if inverse else rot)
-
-    def forward(self, wave: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, wave: Tensor) -> Tensor:
         """``(B, T)`` -> compressed spectrum ``(B, 2F, T / hop)`` (real parts, then imaginary)."""
         pad = (self.n_fft - self.hop) // 2
         x = F.pad(wave.float(), (pad, pad))
         spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
-        spec = compress(self._rotate(spec, offset), self.power)             # (B, F, N)
+        spec = compress(spec, self.power)                                   # (B, F, N)
         return torch.cat([spec.real, spec.imag], dim=1)
 
     def _overlap_add(self, frames: Tensor) -> Tensor:
@@ -186,10 +161,10 @@ class _Spectral(nn.Module):
             out[..., j:j + n] += parts[:, j]
         return out.transpose(1, 2).reshape(b, -1)
 
-    def inverse(self, feats: Tensor, offset: int = 0) -> Tensor:
+    def inverse(self, feats: Tensor) -> Tensor:
         """Compressed spectrum ``(B, 2F, N)`` -> waveform ``(B, N * hop)``."""
         re, im = feats.float().chunk(2, dim=1)
-        spec = self._rotate(compress(torch.complex(re, im), 1.0 / self.power), offset, inverse=True)
+        spec = compress(torch.complex(re, im), 1.0 / self.power)           # (B, F, N)
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]   # (B, n_fft, N)
         n = frames.shape[-1]
         out = self._overlap_add(frames)
@@ -260,7 +235,7 @@ class AudioTokenizer(Tokenizer):
     def __init__(self, config: AudioTokenizerConfig):
         super().__init__(config)
         cfg = config
-        self.spectral = _Spectral(cfg.n_fft, cfg.stft_hop, cfg.power, cfg.demodulate)
+        self.spectral = _Spectral(cfg.n_fft, cfg.stft_hop, cfg.power)
         self.encoder = AudioEncoder(cfg)
         self.decoder = AudioDecoder(cfg)
         self.quantizer = ResidualVQ(
@@ -360,24 +335,22 @@ class AudioTokenizer(Tokenizer):
         return codes.transpose(1, 2)
 
     # ----------------------------------------------------------------------- core (one chunk)
-    def _latents(self, wave: Tensor, start: int = 0) -> Tensor:
-        """fp32 ``(B, T)`` (multiple of hop_length) starting at code frame ``start`` of the whole
-        signal -> channel-last ``(B, frames, latent_dim)``."""
-        feats = self.spectral(wave, start * self.config.frame_downsample).to(self.encoder.conv_in.weight.dtype)
+    def _latents(self, wave: Tensor) -> Tensor:
+        """fp32 ``(B, T)`` (multiple of hop_length) -> channel-last ``(B, frames, latent_dim)``."""
+        feats = self.spectral(wave).to(self.encoder.conv_in.weight.dtype)
         return self.encoder(feats).transpose(1, 2)
 
-    def _synth(self, zq: Tensor, start: int = 0) -> Tensor:
-        """Channel-last ``(B, frames, D)`` (from code frame ``start``) -> waveform ``(B, frames * hop_length)``."""
-        spec = self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
-        return self.spectral.inverse(spec, start * self.config.frame_downsample)
+    def _synth(self, zq: Tensor) -> Tensor:
+        """Channel-last ``(B, frames, D)`` -> waveform ``(B, frames * hop_length)``."""
+        return self.spectral.inverse(self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2)))
 
-    def _decode_chunk(self, codes: Tensor, start: int = 0) -> Tensor:
+    def _decode_chunk(self, codes: Tensor) -> Tensor:
         """``(B, frames, n)`` -> ``(B, frames * hop_length)``."""
         q = self.quantizer
         zq = q.layers[0].decode(codes[..., 0])
         for layer, c in zip(q.layers[1:], codes[..., 1:].unbind(-1)):
             zq = zq + layer.decode(c)
-        return self._synth(zq, start)
+        return self._synth(zq)
 
     def _chunks(self, frames: int) -> list[tuple[int, int, int, int]]:
         """Split ``frames`` into ``(lo, hi, ctx_lo, ctx_hi)``: kept frames ``[lo, hi)`` computed
@@ -402,7 +375,7 @@ class AudioTokenizer(Tokenizer):
         x = self._pad(self.prepare(wave, sample_rate, downmix))
         hop, out = self.hop_length, []
         for lo, hi, clo, chi in self._chunks(x.shape[-1] // hop):
-            codes = self.quantizer.encode(self._latents(x[:, clo * hop:chi * hop], clo))   # (B, f, Q)
+            codes = self.quantizer.encode(self._latents(x[:, clo * hop:chi * hop]))   # (B, f, Q)
             out.append(codes[:, lo - clo:hi - clo, :n])
         return torch.cat(out, 1).transpose(1, 2).contiguous()
 
@@ -419,7 +392,7 @@ class AudioTokenizer(Tokenizer):
             wave = torch.zeros(c.shape[0], frames * hop, device=c.device)
             weight = torch.zeros(frames * hop, device=c.device)
             for lo, hi, clo, chi in chunks:
-                part = self._decode_chunk(c[:, clo:chi], clo).float()
+                part = self._decode_chunk(c[:, clo:chi]).float()
                 # weights: 0 over the outer half of each context (a chunk's own edges are
                 # unreliable), a linear ramp over the inner half, 1 over the kept centre
                 w = torch.ones(part.shape[-1], device=c.device)
