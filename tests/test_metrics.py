@@ -157,7 +157,8 @@ def test_key_consistency_rejects_bad_input(bad, kwargs, match):
 
 def test_key_consistency_is_in_the_glossary():
     from vqgen.metrics.glossary import METRICS
-    for key in ("sample_key_consistency", "test_key_consistency"):
+    for key in ("sample_key_consistency", "test_key_consistency", "recon_key_consistency",
+                "recon_class_accuracy"):
         assert METRICS[key].unit == "fraction" and METRICS[key].meaning
 
 

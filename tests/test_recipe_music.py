@@ -40,9 +40,11 @@ def test_music_recipe_writes_finite_metrics_samples_and_report(run):
     for key in ("test_si_sdr", "test_mel_distance", "bitrate_kbps", "prior_bits_per_code",
                 "sample_class_accuracy", "classifier_test_accuracy", "sample_mel_fd",
                 "train_test_mel_fd", "sample_timbre_fd", "train_test_timbre_fd",
-                "sample_key_consistency", "test_key_consistency"):
+                "sample_key_consistency", "test_key_consistency", "recon_class_accuracy",
+                "recon_key_consistency"):
         assert isinstance(on_disk[key], float) and math.isfinite(on_disk[key]), key
-    for key in ("sample_key_consistency", "test_key_consistency", "sample_class_accuracy"):
+    for key in ("sample_key_consistency", "test_key_consistency", "sample_class_accuracy",
+                "recon_class_accuracy", "recon_key_consistency"):
         assert 0.0 <= on_disk[key] <= 1.0, key
     assert on_disk["test_key_consistency"] > 0.5           # real chorales: tonal
     assert not any("stoi" in k or "voice" in k or "unseen" in k for k in on_disk)

@@ -42,8 +42,9 @@ def test_prior_stages_write_metrics_samples_and_report(run):
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     for key in ("prior_bits_per_code", "prior_train_bits_per_code", "sample_class_accuracy",
                 "classifier_test_accuracy", "sample_mel_fd", "train_test_mel_fd",
-                "sample_voice_fd", "train_test_voice_fd"):
+                "sample_voice_fd", "train_test_voice_fd", "recon_class_accuracy"):
         assert isinstance(on_disk[key], float) and math.isfinite(on_disk[key]), key
+    assert 0 <= on_disk["recon_class_accuracy"] <= 1 and "recon_key_consistency" not in on_disk
     assert 0 < on_disk["prior_bits_per_code"] < math.log2(64) * 1.5   # debug tokenizer: K = 64
     assert 0 <= on_disk["sample_class_accuracy"] <= 1
     prior_cfg = json.loads((run_dir / "prior" / "config.json").read_text())["config"]

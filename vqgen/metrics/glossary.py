@@ -50,6 +50,9 @@ METRICS: dict[str, MetricInfo] = {
                                         "the classifier assigns to the requested class",
                                         "higher is better; chance = 1/classes, ceiling = "
                                         "classifier_test_accuracy"),
+    "recon_class_accuracy": MetricInfo("fraction", "the classifier's accuracy on codec "
+                                       "reconstructions of held-out audio (audio recipes)",
+                                       "the ceiling for sample_class_accuracy with this tokenizer"),
     "classifier_test_accuracy": MetricInfo("fraction", "accuracy of the scoring classifier on "
                                            "real held-out data", "the ceiling for "
                                            "sample_class_accuracy"),
@@ -74,6 +77,9 @@ METRICS: dict[str, MetricInfo] = {
                                          "(chroma, 60 Hz-4 kHz; silence scores 0)",
                                          "close to test_key_consistency; random pitches "
                                          "score ~0.5, chorales ~0.93"),
+    "recon_key_consistency": MetricInfo("fraction", "the same share on codec reconstructions "
+                                        "of the held-out music", "what samples could reach with "
+                                        "this tokenizer"),
     "test_key_consistency": MetricInfo("fraction", "the same share on real held-out music (unseen "
                                        "pieces)", "the yardstick for sample_key_consistency"),
     # text
