@@ -8,7 +8,8 @@ Loads the run's pipeline (``runs/<name>``, the recipe config with the same ``--p
 ``key=value`` overrides) and the recipe's cached class classifier, then for each setting of
 ``--settings`` (JSON list of ``generate`` keyword sets) samples ``--per-class`` windows per seen
 class with the same seed and prints a JSON line: class accuracy, log-mel Fréchet distance to
-held-out audio and RMS level (and, for music, key consistency). A probe for choosing the
+held-out audio and RMS level (and, for music, key consistency); the first line holds the same
+scores on codec reconstructions of held-out audio (the ceiling for samples). A probe for choosing the
 recipes' ``sampling`` defaults; numbers in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
@@ -65,9 +66,10 @@ def main() -> int:
     seen = sorted({int(v) for v in data.train.labels})
     labels = torch.tensor(seen).repeat(args.per_class)
     test_seen = [i for i in range(len(data.test)) if not data.test_unseen[i]]
+    real = crop_clips(data.test, pipe.prior.code_shape[-1] * pipe.tokenizer.hop_length, index=test_seen)
+    ceiling = base.recon_scores(pipe.tokenizer, real, torch.as_tensor(data.test.labels)[test_seen], clf, modality)
     print(json.dumps({"run": str(run_dir), "classifier_test_accuracy": clf_acc, "samples": len(labels),
-                      "seed": args.seed}),
-          flush=True)
+                      "seed": args.seed, **{k: round(v, 4) for k, v in ceiling.items()}}), flush=True)
     for setting in json.loads(args.settings):
         t0 = time.time()
         fake = pipe.generate(len(labels), labels=labels, seed=args.seed, batch_size=32, progress=False,

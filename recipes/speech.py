@@ -137,6 +137,23 @@ def class_classifier(cfg: dict, data: RecipeData, label: str, device="cpu"):
         cache_path=Path(cfg["data_root"]) / data.name / f"{label}-classifier-s{c['steps']}.safetensors")
 
 
+def recon_scores(tokenizer, real: torch.Tensor, labels: torch.Tensor, clf, modality: Modality,
+                 device="cpu") -> dict:
+    """The sample scores on codec reconstructions of real held-out audio ``(n, 1, T)``: the
+    ceiling a prior could reach with this tokenizer (``recon_class_accuracy``, plus the
+    modality's ``sample_*`` extras renamed ``recon_*``)."""
+    with torch.no_grad():
+        recon = torch.cat([tokenizer.decode(tokenizer.encode(real[i:i + 16].to(device)),
+                                            length=real.shape[-1]).cpu()
+                           for i in range(0, len(real), 16)])
+    out = {"recon_class_accuracy": audio_class_accuracy(recon, labels, clf)}
+    if modality.sample_metrics:
+        out.update({"recon_" + k[len("sample_"):]: v for k, v in
+                    modality.sample_metrics(recon, real, tokenizer.sample_rate).items()
+                    if k.startswith("sample_")})
+    return out
+
+
 def main(argv=None, modality: Modality = SPEECH) -> dict:
     cfg = parse_args(argv, modality)
     label = modality.label
@@ -333,17 +350,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     metrics["train_test_mel_fd"] = mel_frechet_distance(real, train_real, tokenizer.sample_rate)
     extra = modality.sample_metrics(fake, real, tokenizer.sample_rate) if modality.sample_metrics else {}
     metrics.update(extra)
-    # the ceiling for the samples: the same scores on codec reconstructions of the held-out audio
-    # (what a prior that produced real-looking codes would reach with this tokenizer)
-    with torch.no_grad():
-        recon = torch.cat([tokenizer.decode(tokenizer.encode(real[i:i + 16].to(device)), length=length).cpu()
-                           for i in range(0, len(real), 16)])
-    real_labels = torch.as_tensor(np.asarray(data.test.labels))[test_seen_idx]
-    metrics["recon_class_accuracy"] = audio_class_accuracy(recon, real_labels, clf)
-    if modality.sample_metrics:
-        metrics.update({"recon_" + k[len("sample_"):]: v for k, v in
-                        modality.sample_metrics(recon, real, tokenizer.sample_rate).items()
-                        if k.startswith("sample_")})
+    metrics.update(recon_scores(tokenizer, real, torch.as_tensor(np.asarray(data.test.labels))[test_seen_idx],
+                                clf, modality, device))
     print("samples: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in (
         "prior_bits_per_code", "prior_train_bits_per_code", "sample_class_accuracy",
         "classifier_test_accuracy", "recon_class_accuracy", "sample_mel_fd", "train_test_mel_fd", *extra)))
