@@ -29,6 +29,22 @@ def pairs(split: dict, level: int) -> tuple[np.ndarray, np.ndarray]:
     return codes[:-1][keep], codes[1:][keep]
 
 
+def level_scores(train: dict, test: dict, level: int, k: int) -> dict:
+    """Unigram bits of the training codes, held-out bigram bits, repeat share (one level);
+    ``train`` / ``test``: ``codes`` (Q, frames) of clips end to end, ``offsets`` of clip starts
+    plus the end."""
+    freq = np.bincount(train["codes"][level], minlength=k) / train["codes"].shape[1]
+    a, b = pairs(train, level)
+    counts = np.zeros((k, k))
+    np.add.at(counts, (a, b), 1)
+    prob = (counts + 0.1) / (counts + 0.1).sum(1, keepdims=True)
+    ta, tb = pairs(test, level)
+    return {"level": level, "frames": int(train["codes"].shape[1]),
+            "unigram_bits": round(float(-(freq[freq > 0] * np.log2(freq[freq > 0])).sum()), 2),
+            "heldout_bigram_bits": round(float(-np.log2(prob[ta, tb]).mean()), 2),
+            "repeat_share": round(float((a == b).mean()), 4)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -40,16 +56,7 @@ def main() -> int:
         train = load_file(str(Path(run) / "codes" / "train.safetensors"))
         test = load_file(str(Path(run) / "codes" / "test.safetensors"))
         for level in range(min(args.levels, train["codes"].shape[0])):
-            freq = np.bincount(train["codes"][level], minlength=k) / train["codes"].shape[1]
-            a, b = pairs(train, level)
-            counts = np.zeros((k, k))
-            np.add.at(counts, (a, b), 1)
-            prob = (counts + 0.1) / (counts + 0.1).sum(1, keepdims=True)
-            ta, tb = pairs(test, level)
-            print(json.dumps({"run": run, "level": level, "frames": int(train["codes"].shape[1]),
-                              "unigram_bits": round(float(-(freq[freq > 0] * np.log2(freq[freq > 0])).sum()), 2),
-                              "heldout_bigram_bits": round(float(-np.log2(prob[ta, tb]).mean()), 2),
-                              "repeat_share": round(float((a == b).mean()), 4)}), flush=True)
+            print(json.dumps({"run": run, **level_scores(train, test, level, k)}), flush=True)
     return 0
 
 

@@ -13,7 +13,9 @@ Needs the prepared espeak-ng data (``vqgen data prepare speech``); ``--modality 
 pieces and timbres; no STOI). Prints a line every 100 steps and a final JSON line: held-out SI-SDR
 (dB; 24 test clips, first 2 s) with 1, 2, 4, ... levels, and at all levels the log-mel distance,
 the output level relative to the input (dB), STOI and, per level, the share of frames whose code
-repeats the previous frame's. A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
+repeats the previous frame's, and how predictable each level is (unigram bits of the codes of
+400 training clips, held-out bigram bits on the test clips: ``code_predictability.py``'s measures).
+A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +39,20 @@ from vqgen.metrics import audio as AM  # noqa: E402
 from vqgen.data.music import load_music_dataset  # noqa: E402
 from vqgen.tokenizers.audio import music_16khz, speech_16khz  # noqa: E402
 from vqgen.tokenizers.quantizers import QuantizerOutput  # noqa: E402
+from code_predictability import level_scores  # noqa: E402  (benchmarks/, beside this file)
+
+
+def predictability(tok, data, train_clips: int) -> list[dict]:
+    """Per level: unigram bits of the codes of ``train_clips`` training clips (spread over the
+    split), held-out bigram bits on every test clip, repeat share
+    (``benchmarks/code_predictability.py``'s measures, on this probe's codes)."""
+    def codes_of(clips, index) -> dict:
+        parts = [tok.encode(clips.clip(int(i))[None, None])[0].numpy() for i in index]
+        return {"codes": np.concatenate(parts, axis=1),
+                "offsets": np.cumsum([0] + [c.shape[1] for c in parts])}
+    spread = torch.linspace(0, len(data.train) - 1, min(train_clips, len(data.train))).long()
+    train, test = codes_of(data.train, spread), codes_of(data.test, range(len(data.test)))
+    return [level_scores(train, test, q, tok.codebook_size) for q in range(tok.num_codebooks)]
 
 
 def main() -> int:
@@ -46,6 +63,8 @@ def main() -> int:
     p.add_argument("--no-vq", action="store_true", help="identity instead of the quantizer")
     p.add_argument("--data-root", default=str(ROOT / "data"))
     p.add_argument("--modality", choices=("speech", "music"), default="speech")
+    p.add_argument("--train-clips", type=int, default=400,
+                   help="training clips encoded for the code-predictability scores")
     args = p.parse_args()
     over = json.loads(args.overrides)
     lr, batch = float(over.pop("lr", 2e-3)), int(over.pop("batch_size", 16))
@@ -110,6 +129,7 @@ def main() -> int:
             # code repeats the previous one, per level (a prior's easiest structure)
             result["code_repeat"] = [round(float((codes[:, q, 1:] == codes[:, q, :-1]).float().mean()), 3)
                                      for q in range(tok.num_codebooks)]
+            result["predictability"] = predictability(tok, data, args.train_clips)
             top = tok.decode(codes, length=t)
             result["top_level"] = {      # the spectral side of the trade: distance, level, STOI
                 "mel_distance": round(AM.mel_distance(top, monitor, tok.sample_rate), 3),

@@ -137,6 +137,32 @@ def test_digital_silence_gives_finite_loss_and_gradients():
     assert torch.isfinite(m.decode(m.encode(torch.zeros(1, 1, 1000)))).all()
 
 
+def test_magnitude_levels_are_phase_free_and_train(tmp_path):
+    """magnitude_levels=1: level 0 reads |spectrum| only, so a sign-flipped wave (every phase
+    turned by pi, magnitudes unchanged) gets the same level-0 codes; the other levels differ."""
+    torch.manual_seed(0)
+    m = audio_tokenizer_debug(magnitude_levels=1)
+    wave = tone(6400)
+    out = m(wave)                          # k-means init, then a training step end to end
+    out.loss.backward()
+    assert m.magnitude_encoder.conv_in.weight.grad.abs().sum() > 0
+    assert m.encoder.conv_in.weight.grad.abs().sum() > 0
+    m.eval()
+    codes, flipped = m.encode(wave), m.encode(-wave)
+    assert torch.equal(codes[:, 0], flipped[:, 0])
+    assert not torch.equal(codes[:, 1:], flipped[:, 1:])
+    plain = audio_tokenizer_debug()
+    plain(wave)
+    plain.eval()
+    assert not torch.equal(plain.encode(wave)[:, 0], plain.encode(-wave)[:, 0])
+    assert m.decode(codes[:, :1]).shape == (2, 1, 6400)
+    m.save_pretrained(tmp_path / "mag")
+    again = AudioTokenizer.from_pretrained(tmp_path / "mag")
+    assert torch.equal(again.encode(wave), codes)
+    with pytest.raises(ValueError, match="magnitude_levels"):
+        audio_tokenizer_debug(magnitude_levels=4)
+
+
 @pytest.mark.parametrize("bad, match", [
     (torch.full((1, 1, 800), float("nan")), "finite"),
     (torch.zeros(1, 1, 0), "non-empty"),

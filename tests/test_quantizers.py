@@ -305,6 +305,36 @@ def test_residual_vq_gradient_and_quantizer_dropout():
     assert all(int(r(z).metrics["n_quantizers"]) == 3 for _ in range(5))
 
 
+def test_residual_vq_lead_levels_code_lead_first_then_z_plus_what_they_left():
+    torch.manual_seed(0)
+    r = ResidualVQ(4, 16, 3, lead_levels=1, dead_code_threshold=0.0).train()
+    lead, z = torch.randn(256, 4), 0.3 * torch.randn(256, 4)
+    r(z, lead=lead)                                   # k-means init of every level
+    r.eval()
+    codes = r.encode(z, lead)
+    assert torch.equal(codes, r(z, lead=lead).codes)
+    # level 0 depends on lead alone; level 1 quantizes z + (lead - level 0)
+    assert torch.equal(r.encode(torch.randn(256, 4), lead)[:, 0], codes[:, 0])
+    q0 = r.layers[0].decode(codes[:, 0])
+    assert torch.equal(codes[:, 1], r.layers[1].encode(z + lead - q0))
+    errs = [(r.decode(codes, n) - (lead + z)).pow(2).mean().item() for n in (1, 2, 3)]
+    assert errs[0] > errs[1] > errs[2], errs
+    # gradients: lead through level 0, z through level 1 (identity each)
+    r.train()
+    zz, ll = z.clone().requires_grad_(), lead.clone().requires_grad_()
+    r(zz, n_quantizers=3, lead=ll).quantized.sum().backward()
+    torch.testing.assert_close(ll.grad, torch.ones_like(ll))
+    torch.testing.assert_close(zz.grad, torch.ones_like(zz))
+    with pytest.raises(ValueError, match="expected lead"):
+        r(z)
+    with pytest.raises(ValueError, match="lead of z's shape"):
+        r.encode(z, lead[:10])
+    with pytest.raises(ValueError, match="None without lead_levels=0"):
+        ResidualVQ(4, 16, 3)(z, lead=lead)
+    with pytest.raises(ValueError, match="lead_levels"):
+        ResidualVQ(4, 16, 3, lead_levels=3)
+
+
 # --------------------------------------------------------------------------- validation
 def test_unknown_option_and_bad_config_raise():
     with pytest.raises(ValueError, match="unknown VectorQuantizerConfig key"):

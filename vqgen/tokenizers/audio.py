@@ -54,7 +54,11 @@ class AudioTokenizerConfig:
     ``vq_*`` options of :class:`VectorQuantizer`, ``quantizer_dropout``, ``quantizer_warmup_steps``
     (that many training forwards skip the quantizer: the codec first trains as a plain
     autoencoder and learns phase, then the codebooks are k-means-initialised on its latents and
-    quantization starts; counted in a saved buffer, so resume is exact). Losses: ``loss`` weights
+    quantization starts; counted in a saved buffer, so resume is exact), ``magnitude_levels``
+    (that many leading levels code a phase-free latent: a second encoder of the same shape reads
+    only the compressed magnitude spectrum, so those codes stay put while the partials' phases
+    advance from frame to frame; the other levels code the complex-spectrum encoder's latent plus
+    what the leading levels left, :class:`ResidualVQ`'s lead levels). Losses: ``loss`` weights
     (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` / ``overlap_seconds``.
     """
 
@@ -84,6 +88,7 @@ class AudioTokenizerConfig:
     vq_dead_code_threshold: float = 0.5
     quantizer_dropout: float = 0.5
     quantizer_warmup_steps: int = 0     # first training forwards bypass the quantizer
+    magnitude_levels: int = 0           # leading levels coding a magnitude-only (phase-free) latent
     loss: dict = field(default_factory=dict)
     chunk_seconds: float = 30.0
     overlap_seconds: float = 1.0
@@ -110,6 +115,8 @@ class AudioTokenizerConfig:
         for name in ("encoder_blocks", "latent_blocks", "decoder_blocks", "quantizer_warmup_steps"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"{name} an int >= 0", getattr(self, name))
+        need(isinstance(self.magnitude_levels, int) and 0 <= self.magnitude_levels < self.num_codebooks,
+             "magnitude_levels an int in [0, num_codebooks)", self.magnitude_levels)
         need(self.kernel_size % 2 == 1, "an odd kernel_size", self.kernel_size)
         need(self.block in ("convnext", "resnet"), "block 'convnext' or 'resnet'", self.block)
         need(self.codebook_dim is None or pos_int(self.codebook_dim), "codebook_dim None or > 0",
@@ -181,12 +188,14 @@ def _stack(channels: int, n: int, cfg: AudioTokenizerConfig) -> nn.Sequential:
 
 
 class AudioEncoder(nn.Module):
-    """Compressed spectrum ``(B, 2F, N)`` -> latents ``(B, latent_dim, N / frame_downsample)``."""
+    """Compressed spectrum ``(B, 2F, N)`` (or, with ``magnitude=True``, its magnitude ``(B, F,
+    N)``) -> latents ``(B, latent_dim, N / frame_downsample)``."""
 
-    def __init__(self, cfg: AudioTokenizerConfig):
+    def __init__(self, cfg: AudioTokenizerConfig, magnitude: bool = False):
         super().__init__()
         c, d = cfg.channels, cfg.frame_downsample
-        self.conv_in = nn.Conv1d(cfg.n_fft + 2, c, cfg.kernel_size, padding=cfg.kernel_size // 2)
+        bins = cfg.n_fft // 2 + 1
+        self.conv_in = nn.Conv1d(bins if magnitude else 2 * bins, c, cfg.kernel_size, padding=cfg.kernel_size // 2)
         self.blocks = _stack(c, cfg.encoder_blocks, cfg)
         self.down = nn.Conv1d(c, c, 2 * d, stride=d, padding=d // 2) if d > 1 else nn.Identity()
         self.latent = _stack(c, cfg.latent_blocks, cfg)
@@ -237,12 +246,15 @@ class AudioTokenizer(Tokenizer):
         cfg = config
         self.spectral = _Spectral(cfg.n_fft, cfg.stft_hop, cfg.power)
         self.encoder = AudioEncoder(cfg)
+        # phase-free leading levels: an encoder of |compressed spectrum| only
+        self.magnitude_encoder = AudioEncoder(cfg, magnitude=True) if cfg.magnitude_levels else None
         self.decoder = AudioDecoder(cfg)
         self.quantizer = ResidualVQ(
             cfg.latent_dim, cfg.codebook_size, cfg.num_codebooks, quantizer_dropout=cfg.quantizer_dropout,
             codebook_dim=cfg.codebook_dim, beta=cfg.vq_beta, use_ema=cfg.vq_use_ema, decay=cfg.vq_decay,
             kmeans_init=cfg.vq_kmeans_init, kmeans_iters=cfg.vq_kmeans_iters,
-            dead_code_threshold=cfg.vq_dead_code_threshold, cosine=cfg.vq_cosine, check_finite=False)
+            dead_code_threshold=cfg.vq_dead_code_threshold, cosine=cfg.vq_cosine, check_finite=False,
+            lead_levels=cfg.magnitude_levels)
         self.recon_loss = AudioReconstructionLoss(cfg.loss_config(), cfg.sample_rate)
         # training forwards so far (for quantizer_warmup_steps); host mirror avoids a sync per step
         self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long))
@@ -335,10 +347,16 @@ class AudioTokenizer(Tokenizer):
         return codes.transpose(1, 2)
 
     # ----------------------------------------------------------------------- core (one chunk)
-    def _latents(self, wave: Tensor) -> Tensor:
-        """fp32 ``(B, T)`` (multiple of hop_length) -> channel-last ``(B, frames, latent_dim)``."""
-        feats = self.spectral(wave).to(self.encoder.conv_in.weight.dtype)
-        return self.encoder(feats).transpose(1, 2)
+    def _latents(self, feats: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Compressed spectrum ``(B, 2F, N)`` -> channel-last latents ``(B, frames, latent_dim)``
+        of the complex-spectrum encoder and (``magnitude_levels > 0``, else None) of the
+        magnitude encoder."""
+        feats = feats.to(self.encoder.conv_in.weight.dtype)
+        z = self.encoder(feats).transpose(1, 2)
+        if self.magnitude_encoder is None:
+            return z, None
+        re, im = feats.chunk(2, dim=1)
+        return z, self.magnitude_encoder(torch.hypot(re, im)).transpose(1, 2)
 
     def _synth(self, zq: Tensor) -> Tensor:
         """Channel-last ``(B, frames, D)`` -> waveform ``(B, frames * hop_length)``."""
@@ -375,7 +393,8 @@ class AudioTokenizer(Tokenizer):
         x = self._pad(self.prepare(wave, sample_rate, downmix))
         hop, out = self.hop_length, []
         for lo, hi, clo, chi in self._chunks(x.shape[-1] // hop):
-            codes = self.quantizer.encode(self._latents(x[:, clo * hop:chi * hop]))   # (B, f, Q)
+            z, lead = self._latents(self.spectral(x[:, clo * hop:chi * hop]))
+            codes = self.quantizer.encode(z, lead)                                  # (B, f, Q)
             out.append(codes[:, lo - clo:hi - clo, :n])
         return torch.cat(out, 1).transpose(1, 2).contiguous()
 
@@ -419,16 +438,16 @@ class AudioTokenizer(Tokenizer):
         t = x.shape[-1]
         x_pad = self._pad(x)
         target_spec = self.spectral(x_pad)                               # (B, 2F, N)
-        z = self.encoder(target_spec.to(self.encoder.conv_in.weight.dtype)).transpose(1, 2)
+        z, lead = self._latents(target_spec)
         if self._quantizer_warming_up():  # autoencoder phase: no codes yet
             zero = z.new_zeros((), dtype=torch.float32)
             # quantizer parameters join the graph with weight 0 (DDP expects every one to be used)
             unused = sum((p.sum() * 0.0 for p in self.quantizer.parameters()), zero)
-            q = QuantizerOutput(z, torch.zeros(z.shape[:-1] + (self.num_codebooks,), dtype=torch.long,
+            q = QuantizerOutput(z if lead is None else z + lead, torch.zeros(z.shape[:-1] + (self.num_codebooks,), dtype=torch.long,
                                                device=z.device), unused,
                                 {k: zero for k in ("perplexity", "usage", "dead_codes", "n_quantizers")})
         else:
-            q = self.quantizer(z, n_quantizers=num_codebooks and self._levels(num_codebooks))
+            q = self.quantizer(z, n_quantizers=num_codebooks and self._levels(num_codebooks), lead=lead)
         spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
         recon = self.spectral.inverse(spec)[:, None, :t]                 # (B, 1, T)
         recon_loss, terms = self.recon_loss(recon, x[:, None], spec, target_spec)

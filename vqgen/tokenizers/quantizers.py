@@ -370,12 +370,16 @@ class ResidualVQConfig(VectorQuantizerConfig):
 
     num_quantizers: int = 8
     quantizer_dropout: float = 0.0      # P(a training forward uses a random 1..Q levels)
+    lead_levels: int = 0                # leading levels that code a second input (``lead``)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.num_quantizers, int) and self.num_quantizers > 0):
             raise ValueError(f"ResidualVQConfig: expected num_quantizers a positive int, "
                              f"got {self.num_quantizers!r}")
+        if not (isinstance(self.lead_levels, int) and 0 <= self.lead_levels < self.num_quantizers):
+            raise ValueError(f"ResidualVQConfig: expected lead_levels an int in [0, num_quantizers), "
+                             f"got {self.lead_levels!r}")
         if not 0.0 <= self.quantizer_dropout <= 1.0:
             raise ValueError(f"ResidualVQConfig: expected quantizer_dropout in [0, 1], "
                              f"got {self.quantizer_dropout!r}")
@@ -397,6 +401,13 @@ class ResidualVQ(ConfigModel):
     and ``loss`` (the others enter with weight 0, so every parameter still gets a gradient, as DDP
     requires). The encoder's gradient comes through level 0's straight-through path (identity
     without projections); deeper levels see a detached residual.
+
+    Lead levels (``lead_levels = L > 0``): the call also takes ``lead`` (same shape as ``z``);
+    levels ``0..L-1`` quantize ``lead`` residually, level ``L`` quantizes ``z`` plus what they
+    left (``lead - sum``) and the rest go on as usual, so the codes sum to an approximation of
+    ``lead + z`` and the first ``L`` depend on ``lead`` alone. ``lead`` gets its gradient through
+    level 0, ``z`` through level ``L``. Used for codes that must ignore part of the input (the
+    audio tokenizer's phase-free levels).
     """
 
     config_class = ResidualVQConfig
@@ -431,23 +442,39 @@ class ResidualVQ(ConfigModel):
             return int(torch.randint(1, q + 1, ()))
         return q
 
-    def forward(self, z: Tensor, n_quantizers: int | None = None) -> QuantizerOutput:
+    def _check_lead(self, z: Tensor, lead: Tensor | None, where: str) -> int:
+        """``lead_levels`` after checking that ``lead`` comes exactly when the config has them."""
+        lead_levels = self.config.lead_levels
+        if (lead is None) != (lead_levels == 0):
+            raise ValueError(f"{where}: expected lead {'(..., dim) for' if lead_levels else 'None without'} "
+                             f"lead_levels={lead_levels}, got {'None' if lead is None else 'a tensor'}")
+        if lead is not None and (not isinstance(lead, Tensor) or lead.shape != z.shape):
+            got = tuple(lead.shape) if isinstance(lead, Tensor) else type(lead).__name__
+            raise ValueError(f"{where}: expected lead of z's shape {tuple(z.shape)}, got {got}")
+        return lead_levels
+
+    def forward(self, z: Tensor, n_quantizers: int | None = None,
+                lead: Tensor | None = None) -> QuantizerOutput:
         """Quantize ``z`` ``(..., dim)`` with ``n`` levels (``n_quantizers``, else ``Q`` or a random
         count under quantizer dropout in training). Returns codes ``(..., Q)``, ``loss`` summed over
-        the ``n`` levels, metrics averaged over all levels plus ``n_quantizers``.
+        the ``n`` levels, metrics averaged over all levels plus ``n_quantizers``. ``lead``: see the
+        class docstring (required exactly when ``lead_levels > 0``).
 
-        Raises ``ValueError`` for bad input (as :class:`VectorQuantizer`) or ``n_quantizers``
-        outside ``[1, Q]``.
+        Raises ``ValueError`` for bad input (as :class:`VectorQuantizer`), ``n_quantizers``
+        outside ``[1, Q]`` or a missing, unexpected or misshapen ``lead``.
         """
         _check_vectors(z, self.config.dim, "ResidualVQ", self.config.check_finite)
         if z.numel() == 0:
             raise ValueError(f"ResidualVQ expects at least one vector, got shape {tuple(z.shape)}")
+        lead_levels = self._check_lead(z, lead, "ResidualVQ")
         n = self._active_levels(n_quantizers)
-        residual = z.float()
+        residual = (z if lead is None else lead).float()
         quantized = torch.zeros_like(residual)
         loss = residual.new_zeros(())
         codes, metrics = [], []
         for i, layer in enumerate(self.layers):
+            if lead_levels and i == lead_levels:   # z joins with what the lead levels left
+                residual = residual + z.float()
             out = layer._forward(residual)
             w = 1.0 if i < n else 0.0
             quantized = quantized + w * out.quantized
@@ -460,11 +487,15 @@ class ResidualVQ(ConfigModel):
         return QuantizerOutput(quantized.to(z.dtype), torch.stack(codes, dim=-1), loss, avg)
 
     @torch.no_grad()
-    def encode(self, z: Tensor) -> Tensor:
-        """Codes LongTensor ``(..., Q)`` for ``z`` ``(..., dim)``; no state change."""
+    def encode(self, z: Tensor, lead: Tensor | None = None) -> Tensor:
+        """Codes LongTensor ``(..., Q)`` for ``z`` ``(..., dim)`` (and ``lead`` when
+        ``lead_levels > 0``, as in :meth:`forward`); no state change."""
         _check_vectors(z, self.config.dim, "ResidualVQ.encode", self.config.check_finite)
-        residual, codes = z.float(), []
-        for layer in self.layers:
+        lead_levels = self._check_lead(z, lead, "ResidualVQ.encode")
+        residual, codes = (z if lead is None else lead).float(), []
+        for i, layer in enumerate(self.layers):
+            if lead_levels and i == lead_levels:
+                residual = residual + z.float()
             c = layer._encode(residual)
             residual = residual - layer._lookup(c)
             codes.append(c)
