@@ -17,6 +17,7 @@ The steps are shared by the audio recipes: ``main(argv, modality)`` takes what d
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -138,12 +139,13 @@ def class_classifier(cfg: dict, data: RecipeData, label: str, device="cpu"):
 
 
 def recon_scores(tokenizer, real: torch.Tensor, labels: torch.Tensor, clf, modality: Modality,
-                 device="cpu") -> dict:
-    """The sample scores on codec reconstructions of real held-out audio ``(n, 1, T)``: the
-    ceiling a prior could reach with this tokenizer (``recon_class_accuracy``, plus the
-    modality's ``sample_*`` extras renamed ``recon_*``)."""
+                 device="cpu", levels: int | None = None) -> dict:
+    """The sample scores on codec reconstructions of real held-out audio ``(n, 1, T)`` from the
+    first ``levels`` (default all) RVQ levels: the ceiling a prior over those levels could reach
+    with this tokenizer (``recon_class_accuracy``, plus the modality's ``sample_*`` extras
+    renamed ``recon_*``)."""
     with torch.no_grad():
-        recon = torch.cat([tokenizer.decode(tokenizer.encode(real[i:i + 16].to(device)),
+        recon = torch.cat([tokenizer.decode(tokenizer.encode(real[i:i + 16].to(device), num_codebooks=levels),
                                             length=real.shape[-1]).cpu()
                            for i in range(0, len(real), 16)])
     out = {"recon_class_accuracy": audio_class_accuracy(recon, labels, clf)}
@@ -220,6 +222,12 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
         tok_seconds = result.seconds
         tokenizer = AudioTokenizer.from_pretrained(tok_dir).to(device)
     tokenizer.eval()
+    prior_levels = cfg["prior_data"]["levels"]                     # the prior's (leading) levels
+    prior_levels = tokenizer.num_codebooks if prior_levels is None else prior_levels
+    if isinstance(prior_levels, bool) or not isinstance(prior_levels, int) \
+            or not 1 <= prior_levels <= tokenizer.num_codebooks:
+        raise ValueError(f"prior_data.levels: expected null or an int in [1, {tokenizer.num_codebooks}] "
+                         f"(the tokenizer's levels), got {cfg['prior_data']['levels']!r}")
     print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")
@@ -287,6 +295,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     enc = {split: encode_clips_cached(tokenizer, tok_dir, split, clips, codes_dir, device=device,
                                       progress=cfg["progress"])
            for split, clips in prior_clips.items()}
+    enc = {split: dataclasses.replace(e, codes=e.codes[:prior_levels]) for split, e in enc.items()}
     seen_classes = sorted({int(v) for v in data.train.labels})
     heldout, heldout_y = fixed_windows(enc["test"].subset(torch.as_tensor(~data.test_unseen)), window)
     pick = torch.linspace(0, len(heldout) - 1, min(len(heldout), pd["max_eval_windows"])).long()
@@ -294,7 +303,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     train_fit, train_fit_y = fixed_windows(enc["train"], window)
     pick = torch.linspace(0, len(train_fit) - 1, min(len(train_fit), len(heldout))).long()
     train_fit, train_fit_y = train_fit[pick], train_fit_y[pick]           # same scoring, training codes
-    code_shape = (tokenizer.num_codebooks, window)
+    code_shape = (prior_levels, window)
     print(f"prior data: {len(enc['train'])} clips, {enc['train'].codes.shape[1]} frames; windows "
           f"{code_shape} ({window / tokenizer.frame_rate:g} s); {len(heldout)} held-out windows")
     prior = PRIORS[cfg["prior"]].from_config(
@@ -351,7 +360,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     extra = modality.sample_metrics(fake, real, tokenizer.sample_rate) if modality.sample_metrics else {}
     metrics.update(extra)
     metrics.update(recon_scores(tokenizer, real, torch.as_tensor(np.asarray(data.test.labels))[test_seen_idx],
-                                clf, modality, device))
+                                clf, modality, device, prior_levels))
     print("samples: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in (
         "prior_bits_per_code", "prior_train_bits_per_code", "sample_class_accuracy",
         "classifier_test_accuracy", "recon_class_accuracy", "sample_mel_fd", "train_test_mel_fd", *extra)))

@@ -28,13 +28,13 @@ def run(tmp_path_factory, load_recipe, tiny_audio_args):
     argv = tiny_audio_args(tmp) + [
         "dataset_options.num_pieces=2", "dataset_options.clips_per_piece=2",
         "dataset_options.clip_seconds=1.0", f"dataset_options.timbres=[{', '.join(TIMBRES)}]",
-        "prior_samples.eval_per_timbre=2"]
+        "prior_samples.eval_per_timbre=2", "prior_data.levels=2"]
     metrics = load_recipe("music").main(argv)
-    return tmp / "runs" / "smoke", metrics
+    return tmp / "runs" / "smoke", metrics, argv
 
 
 def test_music_recipe_writes_finite_metrics_samples_and_report(run):
-    run_dir, metrics = run
+    run_dir, metrics, _ = run
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk == pytest.approx(metrics)
     for key in ("test_si_sdr", "test_mel_distance", "bitrate_kbps", "prior_bits_per_code",
@@ -52,7 +52,8 @@ def test_music_recipe_writes_finite_metrics_samples_and_report(run):
                for k, v in on_disk.items() if k != "device")
 
     prior_cfg = json.loads((run_dir / "prior" / "config.json").read_text())["config"]
-    assert prior_cfg["layout"] == "delay" and prior_cfg["code_shape"] == [4, 20]   # 0.4 s at 50 Hz
+    # the prior models the first 2 of the tokenizer's 4 levels (prior_data.levels=2), 0.4 s at 50 Hz
+    assert prior_cfg["layout"] == "delay" and prior_cfg["code_shape"] == [2, 20]
     assert prior_cfg["id2label"] == {"0": TIMBRES[0], "1": TIMBRES[1]}              # timbres
     wavs = sorted((run_dir / "samples" / "prior_transformer").glob("sample_*.wav"))
     assert len(wavs) == 2 and all(w.with_suffix(".png").is_file() for w in wavs)
@@ -71,3 +72,10 @@ def test_music_key_metrics_hook(load_recipe):
     assert recipe.MUSIC.label == "timbre" and recipe.MUSIC.sample_metrics is recipe.key_metrics
     out = recipe.key_metrics(torch.zeros(2, 1, RATE), torch.zeros(2, 1, RATE), RATE)
     assert out == {"sample_key_consistency": 0.0, "test_key_consistency": 0.0}  # silence: 0, finite
+
+
+@pytest.mark.parametrize("levels", [5, 0, 1.5])
+def test_prior_levels_outside_the_tokenizer_raise(run, load_recipe, levels):
+    argv = [a for a in run[2] if not a.startswith(("prior_data.levels=", "name="))]
+    with pytest.raises(ValueError, match=r"prior_data.levels: expected null or an int in \[1, 4\]"):
+        load_recipe("music").main(argv + [f"prior_data.levels={levels}", "name=bad-levels"])
