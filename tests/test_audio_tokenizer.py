@@ -95,12 +95,12 @@ def test_save_load_round_trip(model, tmp_path):
 
 
 def test_music_preset_round_trip(tmp_path):
-    """The music preset: speech's codes (100 Hz, 4 x 1024, 4 kbps) over a 640-sample window;
+    """The music preset: speech's codes (100 Hz, 4 x 1024, 4 kbps) over a 1280-sample window;
     narrow (channels=16) so the test is fast."""
     torch.manual_seed(0)
     music = music_16khz(channels=16)
     speech = speech_16khz(channels=16)
-    assert (music.config.n_fft, music.config.stft_hop) == (640, 160) and speech.config.n_fft == 320
+    assert (music.config.n_fft, music.config.stft_hop) == (1280, 160) and speech.config.n_fft == 320
     assert (music.frame_rate, music.num_codebooks, music.codebook_size) == (100, 4, 1024)
     assert music.bitrate() == pytest.approx(4.0) and music.config.vq_cosine is False
     assert music_16khz(n_fft=960).config.n_fft == 960               # overrides win
