@@ -163,6 +163,35 @@ def test_magnitude_levels_are_phase_free_and_train(tmp_path):
         audio_tokenizer_debug(magnitude_levels=4)
 
 
+def test_magnitude_only_forwards_use_the_phase_blind_loss():
+    """magnitude_only_prob=1: every quantized training forward decodes level 0 alone and is
+    scored by ``loss`` updated with ``magnitude_loss`` (here magnitudes only: a sign-flipped
+    target would cost nothing); a forward with more levels keeps the complex term."""
+    torch.manual_seed(0)
+    m = audio_tokenizer_debug(magnitude_levels=1, magnitude_only_prob=1.0,
+                              magnitude_loss={"complex_weight": 0.0, "magnitude_weight": 1.0})
+    wave = tone(3200)
+    for _ in range(3):
+        out = m(wave)
+        assert float(out.metrics["n_quantizers"]) == 1
+        assert "magnitude_loss" in out.metrics and "complex_loss" not in out.metrics
+    out.loss.backward()
+    assert m.decoder.proj.weight.grad.abs().sum() > 0
+    two = m(wave, num_codebooks=2)
+    assert float(two.metrics["n_quantizers"]) == 2 and "complex_loss" in two.metrics
+    assert "magnitude_loss" not in two.metrics
+    # without magnitude_only_prob only quantizer-dropout draws of n <= 1 use it: some, not all
+    m = audio_tokenizer_debug(magnitude_levels=1, quantizer_dropout=1.0, magnitude_loss={"magnitude_weight": 1.0})
+    seen = {int(m(wave).metrics["n_quantizers"]): None for _ in range(24)}
+    assert seen.keys() == {1, 2, 3, 4}
+    for bad, match in [(dict(magnitude_only_prob=0.5), "without magnitude_levels"),
+                       (dict(magnitude_loss={"magnitude_weight": 1.0}), "without magnitude_levels"),
+                       (dict(magnitude_levels=1, magnitude_only_prob=1.5), r"magnitude_only_prob in \[0, 1\]"),
+                       (dict(magnitude_levels=1, magnitude_loss={"phase_weight": 1.0}), "phase_weight")]:
+        with pytest.raises(ValueError, match=match):
+            audio_tokenizer_debug(**bad)
+
+
 @pytest.mark.parametrize("bad, match", [
     (torch.full((1, 1, 800), float("nan")), "finite"),
     (torch.zeros(1, 1, 0), "non-empty"),

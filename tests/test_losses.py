@@ -7,7 +7,7 @@ import torch
 
 from vqgen.losses import (AdversarialLoss, AudioLossConfig, AudioReconstructionLoss, MelLoss,
                           MultiResolutionSTFTLoss, MultiScaleSTFTDiscriminator,
-                          compressed_spectrum_loss, sdr_loss, si_sdr_loss, spectrum_mse,
+                          compressed_spectrum, compressed_spectrum_loss, sdr_loss, si_sdr_loss, spectrum_mse,
                           waveform_l1)
 from vqgen.tokenizers.audio import audio_tokenizer_debug
 from vqgen.training import TrainConfig, train
@@ -47,6 +47,21 @@ def test_spectrum_mse_hand_value():
     target = torch.tensor([[[0.0], [4.0]]])        # 0 + 4i
     # MSE over (re, im) = (9 + 16) / 2; magnitudes 3 vs 4 -> 1
     assert float(spectrum_mse(pred, target, mag_weight=1.0)) == pytest.approx(12.5 + 1.0, rel=1e-5)
+
+
+def test_magnitude_term_alone_is_blind_to_phase():
+    """complex_weight 0 + magnitude_weight: a sign-flipped wave (every phase turned by pi) costs
+    nothing, while the complex term sees it; with spectra passed or computed from the waves."""
+    x = noise(seed=3)
+    blind = AudioReconstructionLoss(AudioLossConfig(complex_weight=0.0, magnitude_weight=1.0, mel_weight=0.0), 16000)
+    full = AudioReconstructionLoss(AudioLossConfig(mel_weight=0.0), 16000)
+    loss, terms = blind(-x, x)
+    assert set(terms) == {"magnitude_loss"} and float(loss) == pytest.approx(0.0, abs=1e-6)
+    assert float(full(-x, x)[0]) > 0.01
+    spec = compressed_spectrum(x)
+    assert spec.shape == (2, 2 * 161, 4000 // 160 + 1)
+    assert float(blind(-x, x, -spec, spec)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(blind(0.5 * x, x)[0]) > 0.001                 # the level still counts
 
 
 def test_losses_have_finite_gradients_at_digital_silence():

@@ -65,31 +65,45 @@ def compress(spec: Tensor, power: float, eps: float = 1e-8) -> Tensor:
 
 
 # --------------------------------------------------------------------------- spectral losses
+def compressed_spectrum(wave: Tensor, n_fft: int = 320, hop: int = 160, power: float = 0.3) -> Tensor:
+    """Power-law compressed complex STFT of waves ``(B, 1, T)`` / ``(B, T)`` as real | imag
+    stacked on dim 1: ``(B, 2F, frames)``, fp32."""
+    wave = _flat(wave).float()
+    with torch.autocast(wave.device.type, enabled=False):
+        spec = compress(stft(wave, n_fft, hop, torch.hann_window(n_fft, device=wave.device)), power)
+    return torch.cat([spec.real, spec.imag], dim=1)
+
+
 def compressed_spectrum_loss(pred: Tensor, target: Tensor, n_fft: int = 320, hop: int = 160,
                              power: float = 0.3, mag_weight: float = 0.0) -> Tensor:
     """``MSE(C(pred), C(target)) + mag_weight * MSE(|C(pred)|, |C(target)|)`` where ``C`` is
     the power-law compressed complex STFT (real and imaginary parts compared)."""
     pred, target = _check_pair(pred, target)
-    window = torch.hann_window(n_fft, device=pred.device)
-    with torch.autocast(pred.device.type, enabled=False):
-        p, t = compress(stft(pred, n_fft, hop, window), power), compress(stft(target, n_fft, hop, window), power)
-        loss = F.mse_loss(torch.view_as_real(p), torch.view_as_real(t))
-        if mag_weight:
-            loss = loss + mag_weight * F.mse_loss(p.abs(), t.abs())
-    return loss
+    return spectrum_mse(compressed_spectrum(pred, n_fft, hop, power),
+                        compressed_spectrum(target, n_fft, hop, power), mag_weight)
+
+
+def _check_spectra(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    if pred.shape != target.shape:
+        raise ValueError(f"expected spectra of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    return pred.float(), target.float()
+
+
+def magnitude_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """MSE of the magnitudes of spectra given as real | imag stacked on dim 1 (``(B, 2F, N)``):
+    blind to phase."""
+    pred, target = _check_spectra(pred, target)
+    (pr, pi), (tr, ti) = pred.chunk(2, dim=1), target.chunk(2, dim=1)
+    return F.mse_loss((pr.square() + pi.square() + 1e-8).sqrt(), (tr.square() + ti.square() + 1e-8).sqrt())
 
 
 def spectrum_mse(pred: Tensor, target: Tensor, mag_weight: float = 0.0) -> Tensor:
     """MSE of compressed spectra given as real | imag stacked on dim 1 (``(B, 2F, N)``), plus
-    ``mag_weight`` x MSE of their magnitudes."""
-    if pred.shape != target.shape:
-        raise ValueError(f"expected spectra of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    pred, target = pred.float(), target.float()
+    ``mag_weight`` x :func:`magnitude_mse`."""
+    pred, target = _check_spectra(pred, target)
     loss = F.mse_loss(pred, target)
     if mag_weight:
-        (pr, pi), (tr, ti) = pred.chunk(2, dim=1), target.chunk(2, dim=1)
-        loss = loss + mag_weight * F.mse_loss((pr.square() + pi.square() + 1e-8).sqrt(),
-                                              (tr.square() + ti.square() + 1e-8).sqrt())
+        loss = loss + mag_weight * magnitude_mse(pred, target)
     return loss
 
 
@@ -169,8 +183,8 @@ class AudioLossConfig:
     """Weights of :class:`AudioReconstructionLoss` (0 turns a term off)."""
 
     complex_weight: float = 1.0        # compressed complex-spectrum MSE
-    magnitude_weight: float = 0.0      # ... plus this x compressed-magnitude MSE (inside the term;
-                                       # > 0 lets a codec settle for right magnitudes, random phase)
+    magnitude_weight: float = 0.0      # compressed-magnitude MSE (phase-blind; alone, i.e. with
+                                       # complex_weight 0, it lets a decoder choose the phase)
     mel_weight: float = 0.1
     stft_weight: float = 0.0           # multi-resolution STFT loss
     waveform_weight: float = 0.0       # L1 on samples
@@ -197,11 +211,13 @@ class AudioReconstructionLoss(nn.Module):
         stacked ``(B, 2F, N)``); the complex term then compares those directly (no extra STFT)."""
         c = self.config
         terms: dict[str, Tensor] = {}
-        if c.complex_weight and pred_spec is not None:
-            terms["complex_loss"] = c.complex_weight * spectrum_mse(pred_spec, target_spec, c.magnitude_weight)
-        elif c.complex_weight:
-            terms["complex_loss"] = c.complex_weight * compressed_spectrum_loss(
-                pred, target, c.n_fft, c.hop, c.power, c.magnitude_weight)
+        if (c.complex_weight or c.magnitude_weight) and pred_spec is None:
+            pred, target = _check_pair(pred, target)
+            pred_spec, target_spec = (compressed_spectrum(w, c.n_fft, c.hop, c.power) for w in (pred, target))
+        if c.complex_weight:
+            terms["complex_loss"] = c.complex_weight * spectrum_mse(pred_spec, target_spec)
+        if c.magnitude_weight:
+            terms["magnitude_loss"] = c.magnitude_weight * magnitude_mse(pred_spec, target_spec)
         if self.mel is not None:
             terms["mel_loss"] = c.mel_weight * self.mel(pred, target)
         if self.stft is not None:

@@ -58,8 +58,14 @@ class AudioTokenizerConfig:
     (that many leading levels code a phase-free latent: a second encoder of the same shape reads
     only the compressed magnitude spectrum, so those codes stay put while the partials' phases
     advance from frame to frame; the other levels code the complex-spectrum encoder's latent plus
-    what the leading levels left, :class:`ResidualVQ`'s lead levels). Losses: ``loss`` weights
-    (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` / ``overlap_seconds``.
+    what the leading levels left, :class:`ResidualVQ`'s lead levels); ``magnitude_only_prob``
+    (with ``magnitude_levels``: the share of training forwards, once the quantizer is on, that
+    decode the phase-free levels alone, on top of those quantizer dropout draws) and
+    ``magnitude_loss`` (:class:`vqgen.losses.AudioLossConfig` overrides for every forward that
+    decodes only phase-free levels: e.g. ``{"complex_weight": 0, "magnitude_weight": 1}`` scores
+    magnitudes only, since no phase reached the decoder and it has to choose one). Losses:
+    ``loss`` weights (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` /
+    ``overlap_seconds``.
     """
 
     sample_rate: int = 16000
@@ -89,6 +95,8 @@ class AudioTokenizerConfig:
     quantizer_dropout: float = 0.5
     quantizer_warmup_steps: int = 0     # first training forwards bypass the quantizer
     magnitude_levels: int = 0           # leading levels coding a magnitude-only (phase-free) latent
+    magnitude_only_prob: float = 0.0    # extra share of training forwards decoding those levels alone
+    magnitude_loss: dict = field(default_factory=dict)   # loss overrides for such forwards
     loss: dict = field(default_factory=dict)
     chunk_seconds: float = 30.0
     overlap_seconds: float = 1.0
@@ -117,6 +125,13 @@ class AudioTokenizerConfig:
                  f"{name} an int >= 0", getattr(self, name))
         need(isinstance(self.magnitude_levels, int) and 0 <= self.magnitude_levels < self.num_codebooks,
              "magnitude_levels an int in [0, num_codebooks)", self.magnitude_levels)
+        need(isinstance(self.magnitude_only_prob, (int, float)) and 0.0 <= self.magnitude_only_prob <= 1.0,
+             "magnitude_only_prob in [0, 1]", self.magnitude_only_prob)
+        need(isinstance(self.magnitude_loss, dict), "magnitude_loss a dict of AudioLossConfig fields",
+             self.magnitude_loss)
+        need(self.magnitude_levels > 0 or (not self.magnitude_only_prob and not self.magnitude_loss),
+             "magnitude_only_prob 0 and magnitude_loss {} without magnitude_levels",
+             (self.magnitude_only_prob, self.magnitude_loss))
         need(self.kernel_size % 2 == 1, "an odd kernel_size", self.kernel_size)
         need(self.block in ("convnext", "resnet"), "block 'convnext' or 'resnet'", self.block)
         need(self.codebook_dim is None or pos_int(self.codebook_dim), "codebook_dim None or > 0",
@@ -127,10 +142,14 @@ class AudioTokenizerConfig:
             self.loss = dict(vars(self.loss))
         need(isinstance(self.loss, dict), "loss a dict of AudioLossConfig fields", self.loss)
         self.loss_config()  # unknown keys raise here
+        self.loss_config(magnitude_only=True)
 
-    def loss_config(self) -> AudioLossConfig:
+    def loss_config(self, magnitude_only: bool = False) -> AudioLossConfig:
+        """The loss weights (``magnitude_only``: for forwards that decode only the phase-free
+        levels, i.e. ``loss`` updated with ``magnitude_loss``)."""
         from ..modeling import build_config
-        return build_config(AudioLossConfig, self.loss, n_fft=self.n_fft, hop=self.stft_hop,
+        values = {**self.loss, **self.magnitude_loss} if magnitude_only else self.loss
+        return build_config(AudioLossConfig, values, n_fft=self.n_fft, hop=self.stft_hop,
                             power=self.power)
 
     @property
@@ -256,6 +275,9 @@ class AudioTokenizer(Tokenizer):
             dead_code_threshold=cfg.vq_dead_code_threshold, cosine=cfg.vq_cosine, check_finite=False,
             lead_levels=cfg.magnitude_levels)
         self.recon_loss = AudioReconstructionLoss(cfg.loss_config(), cfg.sample_rate)
+        # forwards that decode only the phase-free levels (none without magnitude_levels)
+        self.magnitude_recon_loss = (AudioReconstructionLoss(cfg.loss_config(magnitude_only=True), cfg.sample_rate)
+                                     if cfg.magnitude_levels else None)
         # training forwards so far (for quantizer_warmup_steps); host mirror avoids a sync per step
         self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long))
         self._forwards_seen: int | None = 0
@@ -446,16 +468,34 @@ class AudioTokenizer(Tokenizer):
             q = QuantizerOutput(z if lead is None else z + lead, torch.zeros(z.shape[:-1] + (self.num_codebooks,), dtype=torch.long,
                                                device=z.device), unused,
                                 {k: zero for k in ("perplexity", "usage", "dead_codes", "n_quantizers")})
+            n = None
         else:
-            q = self.quantizer(z, n_quantizers=num_codebooks and self._levels(num_codebooks), lead=lead)
+            n = self._forward_levels(num_codebooks)
+            q = self.quantizer(z, n_quantizers=n, lead=lead)
         spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
         recon = self.spectral.inverse(spec)[:, None, :t]                 # (B, 1, T)
-        recon_loss, terms = self.recon_loss(recon, x[:, None], spec, target_spec)
+        phase_free = n is not None and n <= self.config.magnitude_levels
+        loss_fn = self.magnitude_recon_loss if phase_free else self.recon_loss
+        recon_loss, terms = loss_fn(recon, x[:, None], spec, target_spec)
         vq_loss = q.loss.float()
         metrics = {"recon_loss": recon_loss.detach(), "vq_loss": vq_loss.detach(), **terms,
                    **{k: q.metrics[k].detach() for k in ("perplexity", "usage", "dead_codes", "n_quantizers")}}
         return TokenizerOutput(recon=recon, codes=q.codes.transpose(1, 2), loss=recon_loss + vq_loss,
                                metrics=metrics)
+
+    def _forward_levels(self, num_codebooks: int | None) -> int | None:
+        """Levels one quantized forward decodes: ``num_codebooks`` when given; without
+        ``magnitude_levels`` None (the quantizer decides, all or a quantizer-dropout draw);
+        with them, in training, ``magnitude_levels`` with probability ``magnitude_only_prob``,
+        else the quantizer's draw, made here so that the loss knows it."""
+        if num_codebooks is not None:
+            return self._levels(num_codebooks)
+        if not (self.config.magnitude_levels and self.training):
+            return None
+        p = self.config.magnitude_only_prob
+        if p and float(torch.rand(())) < p:       # CPU generator: no device sync
+            return self.config.magnitude_levels
+        return self.quantizer.draw_levels()
 
     # ----------------------------------------------------------------------- files
     def encode_file(self, path: str | os.PathLike, num_codebooks: int | None = None,
@@ -517,7 +557,7 @@ def music_16khz(**overrides: Any) -> AudioTokenizer:
     neighbouring partials of low voices (a bass at 100 Hz) fall into separate bins, while the
     hop (and so the code rate and the bitrate) stays that of speech; note onsets are rarer than
     in speech, so the coarser time resolution costs little. Measured (benchmarks/RESULTS.md, 2
-    CPU cores): at the full preset's 9,000 steps held-out SI-SDR +5.76 / +3.73 dB at 4 / 2 kbps
-    with n_fft 1280 against +5.24 / +3.39 with 640 (40 ms), at a lower mel distance; in 1,000-step
-    probes 960 gave less and 1920 no more."""
+    CPU cores): at 9,000 steps held-out SI-SDR +5.76 / +3.73 dB at 4 / 2 kbps with n_fft 1280
+    against +5.24 / +3.39 with 640 (40 ms), at a lower mel distance; in 1,000-step probes 960 gave
+    less and 1920 no more. The music recipe's full preset (12,000 steps): +6.16 / +4.32 dB."""
     return speech_16khz(**{"n_fft": 1280, **overrides})

@@ -430,6 +430,13 @@ class ResidualVQ(ConfigModel):
     def num_quantizers(self) -> int:
         return self.config.num_quantizers
 
+    def draw_levels(self) -> int:
+        """The level count of one training forward: ``Q``, or under quantizer dropout (with
+        probability ``quantizer_dropout``, in training) a uniform draw from ``1..Q``. A caller
+        that must know the count before the forward (e.g. to pick its loss) draws it here and
+        passes it as ``n_quantizers``."""
+        return self._active_levels(None)
+
     def _active_levels(self, n_quantizers: int | None) -> int:
         q = self.num_quantizers
         if n_quantizers is not None:
