@@ -13,7 +13,7 @@ Needs the prepared espeak-ng data (``vqgen data prepare speech``); ``--modality 
 pieces and timbres; no STOI). Prints a line every 100 steps and a final JSON line: held-out SI-SDR
 (dB; 24 test clips, first 2 s) with 1, 2, 4, ... levels, and at all levels the log-mel distance,
 the output level relative to the input (dB), STOI and, per level, the share of frames whose code
-repeats the previous frame's, and how predictable each level is (unigram bits of the codes of
+repeats the previous frame's, the mel distance and output level at each level count, and how predictable each level is (unigram bits of the codes of
 400 training clips, held-out bigram bits on the test clips: ``code_predictability.py``'s measures).
 A probe for choosing presets, not a test: see benchmarks/RESULTS.md.
 """
@@ -123,8 +123,13 @@ def main() -> int:
         else:
             codes = tok.encode(monitor)
             levels = sorted({1, 2, 4, tok.num_codebooks} & set(range(1, tok.num_codebooks + 1)))
-            result["si_sdr_db"] = {n: round(AM.si_sdr(tok.decode(codes[:, :n], length=t), monitor), 2)
-                                   for n in levels}
+            recons = {n: tok.decode(codes[:, :n], length=t) for n in levels}
+            result["si_sdr_db"] = {n: round(AM.si_sdr(r, monitor), 2) for n, r in recons.items()}
+            # the spectral side per level count (what decoding fewer, e.g. phase-free, levels keeps)
+            result["mel_distance"] = {n: round(AM.mel_distance(r, monitor, tok.sample_rate), 3)
+                                      for n, r in recons.items()}
+            result["level_db"] = {n: round(10 * math.log10(float(r.square().mean() / monitor.square().mean())), 2)
+                                  for n, r in recons.items()}
             # how predictable the codes are from the previous frame: the share of frames whose
             # code repeats the previous one, per level (a prior's easiest structure)
             result["code_repeat"] = [round(float((codes[:, q, 1:] == codes[:, q, :-1]).float().mean()), 3)
