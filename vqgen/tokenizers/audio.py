@@ -275,9 +275,9 @@ class AudioTokenizer(Tokenizer):
             dead_code_threshold=cfg.vq_dead_code_threshold, cosine=cfg.vq_cosine, check_finite=False,
             lead_levels=cfg.magnitude_levels)
         self.recon_loss = AudioReconstructionLoss(cfg.loss_config(), cfg.sample_rate)
-        # forwards that decode only the phase-free levels (none without magnitude_levels)
+        # forwards that decode only the phase-free levels: the same loss unless magnitude_loss
         self.magnitude_recon_loss = (AudioReconstructionLoss(cfg.loss_config(magnitude_only=True), cfg.sample_rate)
-                                     if cfg.magnitude_levels else None)
+                                     if cfg.magnitude_loss else self.recon_loss)
         # training forwards so far (for quantizer_warmup_steps); host mirror avoids a sync per step
         self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long))
         self._forwards_seen: int | None = 0
