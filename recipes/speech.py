@@ -11,6 +11,13 @@ logs/*.jsonl, tokenizer_eval.json, samples/ (original and reconstructed WAVs wit
 metrics.json and report.html. Re-running the same command resumes: a finished tokenizer and its
 evaluation are reused.
 
+``prior_tokenizer.enabled``: the prior models the codes of a second tokenizer, trained after the
+first into ``prior_tokenizer/`` (e.g. a ``phase_free`` codec, whose codes stay put over a held
+note while the waveform codec's carry the phase and change every frame), and the samples decode
+through it (:meth:`GenerationPipeline.from_pretrained` loads it when the run has one). The
+reconstruction metrics stay those of ``tokenizer/``; ``prior_tokenizer_*`` metrics and
+``samples/recon_*_prior_tokenizer.wav`` show the second one.
+
 The steps are shared by the audio recipes: ``main(argv, modality)`` takes what differs as a
 :class:`Modality` (the config, what a class is, the dataset loader, extra sample metrics);
 ``recipes/music.py`` calls it with the music data, no STOI and a key-consistency metric.
@@ -156,6 +163,45 @@ def recon_scores(tokenizer, real: torch.Tensor, labels: torch.Tensor, clf, modal
     return out
 
 
+def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
+                  monitor: torch.Tensor, adversary=None) -> tuple[AudioTokenizer, float]:
+    """Build ``cfg[component]`` (a preset of :mod:`vqgen.tokenizers.audio` with overrides),
+    train it on ``segment_seconds`` crops of the training clips with ``cfg[component +
+    "_train"]`` (resuming; a finished run is reused) and return it from ``run_dir/<component>``
+    with its training seconds. The eval lines score ``monitor`` (held-out clips): SI-SDR, or
+    for a ``phase_free`` codec (its phase is Griffin-Lim's, not the input's) the mel distance."""
+    section = cfg[component]
+    preset = getattr(audio_tokenizers, section["preset"], None)
+    if preset is None or not callable(preset):
+        raise ValueError(f"{component}.preset: expected a preset function of vqgen.tokenizers.audio, "
+                         f"got {section['preset']!r}")
+    tokenizer = preset(**section["overrides"]).to(device)
+
+    def step(model, batch):
+        wave = batch[0]
+        out = model(wave)
+        loss, metrics = out.loss, dict(out.metrics)
+        if adversary is not None:
+            metrics["disc_loss"] = adversary.discriminator_step(out.recon, wave)
+            g_loss, g_metrics = adversary.generator_loss(out.recon, wave)
+            loss = loss + g_loss
+            metrics.update(g_metrics)
+        return loss, metrics
+
+    def evaluate(model):
+        recon = model.decode(model.encode(monitor), length=monitor.shape[-1])
+        if model.config.phase_free:
+            return {"test_mel_distance": AM.mel_distance(recon, monitor, model.sample_rate)}
+        return {"test_si_sdr": AM.si_sdr(recon, monitor)}
+
+    segment = int(section["segment_seconds"] * tokenizer.sample_rate)
+    train_cfg = build_config(TrainConfig, cfg[component + "_train"], seed=cfg["seed"],
+                             device=str(device), progress=cfg["progress"])
+    result = train(tokenizer, ClipSegments(data.train, segment), run_dir, train_cfg,
+                   component=component, step_fn=step, eval_fn=evaluate, auxiliary=adversary)
+    return AudioTokenizer.from_pretrained(run_dir / component).to(device), result.seconds
+
+
 def main(argv=None, modality: Modality = SPEECH) -> dict:
     cfg = parse_args(argv, modality)
     label = modality.label
@@ -163,7 +209,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
     main_rank = is_main_process()
-    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "prior_train"))
+    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "prior_tokenizer_train", "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 
@@ -180,16 +226,13 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     seen_idx = [i for i in range(len(data.test)) if not data.test_unseen[i]]
     unseen_idx = [i for i in range(len(data.test)) if data.test_unseen[i]]
     ev = cfg["tokenizer_eval"]
+    monitor = fixed_length(data.test, seen_idx[:16], 2.0).to(device)
     if cfg["tokenizer_from"]:
         tokenizer = AudioTokenizer.from_pretrained(cfg["tokenizer_from"]).to(device)
         tok_seconds = 0.0
         if main_rank:  # the run dir holds its own copy, so it is a complete pipeline
             tokenizer.save_pretrained(tok_dir)
     else:
-        preset = getattr(audio_tokenizers, cfg["tokenizer"]["preset"], None)
-        if preset is None or not callable(preset):
-            raise ValueError(f"unknown tokenizer preset {cfg['tokenizer']['preset']!r} in vqgen.tokenizers.audio")
-        tokenizer = preset(**cfg["tokenizer"]["overrides"]).to(device)
         adv_cfg = cfg["adversary"]
         adversary = None
         if adv_cfg["enabled"]:
@@ -197,37 +240,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
                                         loss=adv_cfg["loss"], lr=float(adv_cfg["lr"]),
                                         adversarial_weight=adv_cfg["adversarial_weight"],
                                         feature_weight=adv_cfg["feature_weight"])
-        monitor = fixed_length(data.test, seen_idx[:16], 2.0).to(device)
-
-        def tok_step(model, batch):
-            wave = batch[0]
-            out = model(wave)
-            loss, metrics = out.loss, dict(out.metrics)
-            if adversary is not None:
-                metrics["disc_loss"] = adversary.discriminator_step(out.recon, wave)
-                g_loss, g_metrics = adversary.generator_loss(out.recon, wave)
-                loss = loss + g_loss
-                metrics.update(g_metrics)
-            return loss, metrics
-
-        def tok_eval(model):
-            recon = model.decode(model.encode(monitor), length=monitor.shape[-1])
-            return {"test_si_sdr": AM.si_sdr(recon, monitor)}
-
-        segment = int(cfg["tokenizer"]["segment_seconds"] * tokenizer.sample_rate)
-        tok_cfg = build_config(TrainConfig, cfg["tokenizer_train"], seed=cfg["seed"],
-                               device=str(device), progress=cfg["progress"])
-        result = train(tokenizer, ClipSegments(data.train, segment), run_dir, tok_cfg,
-                       component="tokenizer", step_fn=tok_step, eval_fn=tok_eval, auxiliary=adversary)
-        tok_seconds = result.seconds
-        tokenizer = AudioTokenizer.from_pretrained(tok_dir).to(device)
+        tokenizer, tok_seconds = fit_tokenizer(cfg, "tokenizer", data, run_dir, device, monitor, adversary)
     tokenizer.eval()
-    prior_levels = cfg["prior_data"]["levels"]                     # the prior's (leading) levels
-    prior_levels = tokenizer.num_codebooks if prior_levels is None else prior_levels
-    if isinstance(prior_levels, bool) or not isinstance(prior_levels, int) \
-            or not 1 <= prior_levels <= tokenizer.num_codebooks:
-        raise ValueError(f"prior_data.levels: expected null or an int in [1, {tokenizer.num_codebooks}] "
-                         f"(the tokenizer's levels), got {cfg['prior_data']['levels']!r}")
     print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")
@@ -267,12 +281,16 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     print("tokenizer eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "si_sdr" in k))
 
     samples_dir = run_dir / "samples"
+    n_seen = ev["num_audio_examples"] - min(1, len(unseen_idx))          # one of an unseen class, if any
+    shown = (spread_over_classes(seen_idx, data.test.labels, n_seen) + unseen_idx[:1])[:ev["num_audio_examples"]]
+
+    def example_tag(j: int, i: int) -> str:
+        return f"recon_{j}_{data.classes[int(data.test.labels[i])]}" + ("_unseen" if data.test_unseen[i] else "")
+
     if main_rank:
-        n_seen = ev["num_audio_examples"] - min(1, len(unseen_idx))      # one of an unseen class, if any
-        shown = spread_over_classes(seen_idx, data.test.labels, n_seen) + unseen_idx[:1]
-        for j, i in enumerate(shown[:ev["num_audio_examples"]]):
+        for j, i in enumerate(shown):
             wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
-            tag = f"recon_{j}_{data.classes[int(data.test.labels[i])]}" + ("_unseen" if data.test_unseen[i] else "")
+            tag = example_tag(j, i)
             codes = tokenizer.encode(wave)
             outs = {"original": wave[0, 0].cpu()}
             for n in sorted({1, max(1, tokenizer.num_codebooks // 2), tokenizer.num_codebooks}):
@@ -282,17 +300,47 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
                 write_audio(samples_dir / f"{tag}_{what}.wav", w, tokenizer.sample_rate)
                 save_spectrogram_png(w, tokenizer.sample_rate, samples_dir / f"{tag}_{what}.png")
 
+    # 3b. Optionally a second tokenizer whose codes the prior models (e.g. a phase-free codec) --
+    gen_tokenizer, gen_dir, gen_seconds = tokenizer, tok_dir, 0.0
+    if cfg["prior_tokenizer"]["enabled"]:
+        gen_tokenizer, gen_seconds = fit_tokenizer(cfg, "prior_tokenizer", data, run_dir, device, monitor)
+        gen_tokenizer.eval()
+        gen_dir = run_dir / "prior_tokenizer"
+        seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
+        with torch.no_grad():
+            recon = torch.cat([gen_tokenizer.decode(gen_tokenizer.encode(seen[i:i + 16].to(device)),
+                                                    length=seen.shape[-1]).cpu() for i in range(0, len(seen), 16)])
+        metrics["prior_tokenizer_bitrate_kbps"] = gen_tokenizer.bitrate()
+        metrics["prior_tokenizer_mel_distance"] = AM.mel_distance(recon, seen, gen_tokenizer.sample_rate)
+        print(f"prior tokenizer: {gen_tokenizer.num_parameters() / 1e6:.2f}M parameters, "
+              f"{gen_tokenizer.num_codebooks} levels x {gen_tokenizer.codebook_size} "
+              f"({gen_tokenizer.bitrate():g} kbps); held-out mel distance "
+              f"{metrics['prior_tokenizer_mel_distance']:.3f}")
+        if main_rank:  # the same examples through the prior's tokenizer
+            for j, i in enumerate(shown):
+                wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
+                w = gen_tokenizer.decode(gen_tokenizer.encode(wave), length=wave.shape[-1])[0, 0].cpu()
+                name = f"{example_tag(j, i)}_prior_tokenizer"
+                write_audio(samples_dir / f"{name}.wav", w, gen_tokenizer.sample_rate)
+                save_spectrogram_png(w, gen_tokenizer.sample_rate, samples_dir / f"{name}.png")
+    prior_levels = cfg["prior_data"]["levels"]                     # the prior's (leading) levels
+    prior_levels = gen_tokenizer.num_codebooks if prior_levels is None else prior_levels
+    if isinstance(prior_levels, bool) or not isinstance(prior_levels, int) \
+            or not 1 <= prior_levels <= gen_tokenizer.num_codebooks:
+        raise ValueError(f"prior_data.levels: expected null or an int in [1, {gen_tokenizer.num_codebooks}] "
+                         f"(the levels of the prior's tokenizer), got {cfg['prior_data']['levels']!r}")
+
     # 4. Prior: encode every clip (cached), train a class-conditioned prior on code windows ---
     pd = cfg["prior_data"]
-    window = max(2, round(pd["window_seconds"] * tokenizer.frame_rate))      # frames per window
-    codes_dir = run_dir / "codes"
+    window = max(2, round(pd["window_seconds"] * gen_tokenizer.frame_rate))  # frames per window
+    codes_dir = run_dir / ("prior_codes" if cfg["prior_tokenizer"]["enabled"] else "codes")
     prior_clips = {"train": data.train, "test": data.test}
     per_class = pd[f"max_clips_per_{label}"]
     if per_class:  # the first clips of each class (a smaller, faster prior set)
         labels = torch.as_tensor(data.train.labels)
         keep = [i for v in labels.unique() for i in (labels == v).nonzero()[:, 0][:per_class]]
         prior_clips["train"] = data.train.subset(torch.stack(keep).sort().values.numpy())
-    enc = {split: encode_clips_cached(tokenizer, tok_dir, split, clips, codes_dir, device=device,
+    enc = {split: encode_clips_cached(gen_tokenizer, gen_dir, split, clips, codes_dir, device=device,
                                       progress=cfg["progress"])
            for split, clips in prior_clips.items()}
     enc = {split: dataclasses.replace(e, codes=e.codes[:prior_levels]) for split, e in enc.items()}
@@ -305,9 +353,9 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     train_fit, train_fit_y = train_fit[pick], train_fit_y[pick]           # same scoring, training codes
     code_shape = (prior_levels, window)
     print(f"prior data: {len(enc['train'])} clips, {enc['train'].codes.shape[1]} frames; windows "
-          f"{code_shape} ({window / tokenizer.frame_rate:g} s); {len(heldout)} held-out windows")
+          f"{code_shape} ({window / gen_tokenizer.frame_rate:g} s); {len(heldout)} held-out windows")
     prior = PRIORS[cfg["prior"]].from_config(
-        codebook_size=tokenizer.codebook_size, code_shape=code_shape, num_classes=len(data.classes),
+        codebook_size=gen_tokenizer.codebook_size, code_shape=code_shape, num_classes=len(data.classes),
         id2label=dict(enumerate(data.classes)), **cfg["prior_config"][cfg["prior"]]).to(device)
 
     def prior_step(model, batch):
@@ -359,14 +407,14 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     metrics["train_test_mel_fd"] = mel_frechet_distance(real, train_real, tokenizer.sample_rate)
     extra = modality.sample_metrics(fake, real, tokenizer.sample_rate) if modality.sample_metrics else {}
     metrics.update(extra)
-    metrics.update(recon_scores(tokenizer, real, torch.as_tensor(np.asarray(data.test.labels))[test_seen_idx],
+    metrics.update(recon_scores(gen_tokenizer, real, torch.as_tensor(np.asarray(data.test.labels))[test_seen_idx],
                                 clf, modality, device, prior_levels))
     print("samples: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in (
         "prior_bits_per_code", "prior_train_bits_per_code", "sample_class_accuracy",
         "classifier_test_accuracy", "recon_class_accuracy", "sample_mel_fd", "train_test_mel_fd", *extra)))
 
     # 6. Metrics and report -----------------------------------------------------------------
-    metrics["train_seconds"] = tok_seconds + prior_seconds
+    metrics["train_seconds"] = tok_seconds + gen_seconds + prior_seconds
     metrics["total_seconds"] = time.time() - t_start
     metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

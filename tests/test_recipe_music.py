@@ -79,3 +79,33 @@ def test_prior_levels_outside_the_tokenizer_raise(run, load_recipe, levels):
     argv = [a for a in run[2] if not a.startswith(("prior_data.levels=", "name="))]
     with pytest.raises(ValueError, match=r"prior_data.levels: expected null or an int in \[1, 4\]"):
         load_recipe("music").main(argv + [f"prior_data.levels={levels}", "name=bad-levels"])
+
+
+def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_args):
+    """prior_tokenizer.enabled: a second (phase-free) tokenizer is trained into
+    run_dir/prior_tokenizer, the prior models its codes (cached apart, in prior_codes/), the
+    samples and the recon ceiling decode through it, and the pipeline loads it by default."""
+    from vqgen.pipeline import GenerationPipeline
+    argv = tiny_audio_args(tmp_path) + [
+        "dataset_options.num_pieces=2", "dataset_options.clips_per_piece=2",
+        "dataset_options.clip_seconds=1.0", "dataset_options.timbres=[organ, plucked]",
+        "prior_samples.eval_per_timbre=2", "prior_tokenizer.enabled=true",
+        "prior_tokenizer.preset=audio_tokenizer_debug", "prior_tokenizer.overrides.num_codebooks=1",
+        "prior_tokenizer.overrides.quantizer_warmup_steps=2", "prior_tokenizer.overrides.griffin_lim_iters=4",
+        "prior_tokenizer_train.steps=4", "prior_tokenizer_train.batch_size=4",
+        "prior_tokenizer_train.warmup_steps=1", "prior_tokenizer_train.eval_every=0"]
+    metrics = load_recipe("music").main(argv)
+    run_dir = tmp_path / "runs" / "smoke"
+    assert metrics["prior_tokenizer_bitrate_kbps"] == pytest.approx(0.3)      # 1 level x 64 at 50 Hz
+    assert metrics["bitrate_kbps"] == pytest.approx(1.2)                       # the codec: 4 levels
+    assert math.isfinite(metrics["prior_tokenizer_mel_distance"])
+    prior_cfg = json.loads((run_dir / "prior" / "config.json").read_text())["config"]
+    assert prior_cfg["code_shape"] == [1, 20]
+    assert (run_dir / "prior_codes" / "train.safetensors").is_file() and not (run_dir / "codes").exists()
+    assert len(list((run_dir / "logs").glob("prior_tokenizer.jsonl"))) == 1
+    assert sorted((run_dir / "samples").glob("recon_0_*_prior_tokenizer.wav"))
+    pipe = GenerationPipeline.from_pretrained(run_dir)
+    assert pipe.tokenizer.config.phase_free and pipe.tokenizer.num_codebooks == 1
+    assert not GenerationPipeline.from_pretrained(run_dir, tokenizer_dir="tokenizer").tokenizer.config.phase_free
+    wave = pipe.generate(1, labels="organ", seed=0)
+    assert wave.shape == (1, 1, 20 * 320) and torch.isfinite(wave).all()

@@ -219,13 +219,20 @@ class GenerationPipeline:
 
     @classmethod
     def from_pretrained(cls, run_dir: str | os.PathLike, map_location: str | torch.device = "cpu",
-                        prior_dir: str = "prior") -> "GenerationPipeline":
-        """Load ``run_dir/tokenizer`` and ``run_dir/<prior_dir>`` (eval mode, gradients off)
-        and the class names of ``run_dir/labels.json`` when the prior has none."""
+                        prior_dir: str = "prior", tokenizer_dir: str | None = None) -> "GenerationPipeline":
+        """Load the tokenizer whose codes the prior models, ``run_dir/<prior_dir>`` (eval mode,
+        gradients off) and the class names of ``run_dir/labels.json`` when the prior has none.
+
+        The tokenizer is ``run_dir/<tokenizer_dir>``; by default ``run_dir/prior_tokenizer``
+        when the run has one (a recipe that trains the prior on a second tokenizer's codes, e.g.
+        a phase-free audio codec, while ``tokenizer/`` is the reconstruction codec), else
+        ``run_dir/tokenizer``."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"no run directory at {run_dir}")
-        tokenizer = load_model(run_dir / "tokenizer", map_location).requires_grad_(False)
+        if tokenizer_dir is None:
+            tokenizer_dir = "prior_tokenizer" if (run_dir / "prior_tokenizer").is_dir() else "tokenizer"
+        tokenizer = load_model(run_dir / tokenizer_dir, map_location).requires_grad_(False)
         prior = load_model(run_dir / prior_dir, map_location).requires_grad_(False)
         return cls(tokenizer, prior, id2label=read_labels(run_dir))
 

@@ -149,7 +149,7 @@ def check_train_sections(config: dict, sections: Iterable[str]) -> None:
 
 def _has_checkpoint(run_dir: Path) -> bool:
     return any(run_dir.glob("train_state_*.pt")) or any(
-        (run_dir / d).is_dir() for d in ("tokenizer", "prior"))
+        (run_dir / d).is_dir() for d in ("tokenizer", "prior", "prior_tokenizer"))
 
 
 def start_run(run_dir: str | os.PathLike, config: dict, main: bool = True,
@@ -239,7 +239,7 @@ def run_main(fn: Callable[..., Any], *args: Any, prog: str = "vqgen") -> int:
 
 
 # --------------------------------------------------------------------------- recipe arguments
-RECIPE_OPEN_KEYS = ("tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn")
+RECIPE_OPEN_KEYS = ("tokenizer.overrides", "prior_tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn")
 
 
 def parse_recipe_args(config_path: str | os.PathLike, description: str | None, priors: Iterable[str],

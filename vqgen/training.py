@@ -566,6 +566,9 @@ def _apply_new_lr(state: dict[str, Any], config: TrainConfig, optimizer: torch.o
               f"(it was {saved:g})", file=sys.stderr)
 
 
+COMPONENTS = ("tokenizer", "prior", "prior_tokenizer")
+
+
 @locks_run_dir
 def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config: TrainConfig, *,
           component: str, step_fn: StepFn,
@@ -578,7 +581,9 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         model: a vqgen ``ConfigModel``; moved to the training device and left there in eval mode.
         dataset: map-style dataset of ``len >= batch_size`` whose items collate into the batch.
         run_dir: run directory; see the module docstring for what is written there.
-        component: ``"tokenizer"`` or ``"prior"`` (names the export dir, state file and log).
+        component: ``"tokenizer"``, ``"prior"`` or ``"prior_tokenizer"`` (a second tokenizer
+            whose codes the prior models; see :meth:`vqgen.pipeline.GenerationPipeline.from_pretrained`);
+            names the export dir, state file and log.
         step_fn: ``step_fn(model, batch) -> (loss, metrics)``; ``batch`` is the collated batch
             (e.g. a tuple of tensors) already on the device; ``loss`` a 1-element tensor;
             ``metrics`` a dict of floats / 0-d tensors, averaged over each log interval (a
@@ -604,8 +609,8 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
         OSError: the disk is full (``ENOSPC``) or ``run_dir`` is not writable; the train state
             and the export stay consistent and the next call resumes.
     """
-    if component not in ("tokenizer", "prior"):
-        raise ValueError(f"component must be 'tokenizer' or 'prior', got {component!r}")
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     distributed = _distributed()

@@ -63,7 +63,12 @@ class AudioTokenizerConfig:
     decode the phase-free levels alone, on top of those quantizer dropout draws) and
     ``magnitude_loss`` (:class:`vqgen.losses.AudioLossConfig` overrides for every forward that
     decodes only phase-free levels: e.g. ``{"complex_weight": 0, "magnitude_weight": 1}`` scores
-    magnitudes only, since no phase reached the decoder and it has to choose one). Losses:
+    magnitudes only, since no phase reached the decoder and it has to choose one);
+    ``phase_free`` (a spectrogram codec: the encoder reads only the compressed magnitudes, so
+    every level is phase-free and the codes of a held note stay put; the magnitudes of the
+    decoder's output are what it predicts; training scores them under the input's own phase,
+    so every loss term applies unchanged and compares magnitudes only; ``decode`` recovers a
+    phase by ``griffin_lim_iters`` iterations of fast Griffin-Lim). Losses:
     ``loss`` weights (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` /
     ``overlap_seconds``.
     """
@@ -97,6 +102,8 @@ class AudioTokenizerConfig:
     magnitude_levels: int = 0           # leading levels coding a magnitude-only (phase-free) latent
     magnitude_only_prob: float = 0.0    # extra share of training forwards decoding those levels alone
     magnitude_loss: dict = field(default_factory=dict)   # loss overrides for such forwards
+    phase_free: bool = False            # code magnitudes only; decode() recovers a phase (Griffin-Lim)
+    griffin_lim_iters: int = 64         # fast Griffin-Lim iterations per decode (phase_free)
     loss: dict = field(default_factory=dict)
     chunk_seconds: float = 30.0
     overlap_seconds: float = 1.0
@@ -132,6 +139,11 @@ class AudioTokenizerConfig:
         need(self.magnitude_levels > 0 or (not self.magnitude_only_prob and not self.magnitude_loss),
              "magnitude_only_prob 0 and magnitude_loss {} without magnitude_levels",
              (self.magnitude_only_prob, self.magnitude_loss))
+        need(isinstance(self.phase_free, bool), "phase_free a bool", self.phase_free)
+        need(not (self.phase_free and self.magnitude_levels), "magnitude_levels 0 with phase_free "
+             "(every level is phase-free then)", self.magnitude_levels)
+        need(isinstance(self.griffin_lim_iters, int) and not isinstance(self.griffin_lim_iters, bool)
+             and self.griffin_lim_iters >= 0, "griffin_lim_iters an int >= 0", self.griffin_lim_iters)
         need(self.kernel_size % 2 == 1, "an odd kernel_size", self.kernel_size)
         need(self.block in ("convnext", "resnet"), "block 'convnext' or 'resnet'", self.block)
         need(self.codebook_dim is None or pos_int(self.codebook_dim), "codebook_dim None or > 0",
@@ -170,11 +182,14 @@ class _Spectral(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         """``(B, T)`` -> compressed spectrum ``(B, 2F, T / hop)`` (real parts, then imaginary)."""
+        spec = compress(self.stft(wave), self.power)                       # (B, F, N)
+        return torch.cat([spec.real, spec.imag], dim=1)
+
+    def stft(self, wave: Tensor) -> Tensor:
+        """``(B, T)`` -> complex STFT ``(B, F, T / hop)`` (uncompressed)."""
         pad = (self.n_fft - self.hop) // 2
         x = F.pad(wave.float(), (pad, pad))
-        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
-        spec = compress(spec, self.power)                                   # (B, F, N)
-        return torch.cat([spec.real, spec.imag], dim=1)
+        return torch.stft(x, self.n_fft, self.hop, window=self.window, center=False, return_complex=True)
 
     def _overlap_add(self, frames: Tensor) -> Tensor:
         """``(B, n_fft, N)`` windowed frames -> ``(B, (N + k - 1) * hop)``, ``k = n_fft / hop``
@@ -190,13 +205,47 @@ class _Spectral(nn.Module):
     def inverse(self, feats: Tensor) -> Tensor:
         """Compressed spectrum ``(B, 2F, N)`` -> waveform ``(B, N * hop)``."""
         re, im = feats.float().chunk(2, dim=1)
-        spec = compress(torch.complex(re, im), 1.0 / self.power)           # (B, F, N)
+        return self.istft(compress(torch.complex(re, im), 1.0 / self.power))
+
+    def istft(self, spec: Tensor) -> Tensor:
+        """Complex STFT ``(B, F, N)`` (uncompressed) -> waveform ``(B, N * hop)``."""
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]   # (B, n_fft, N)
         n = frames.shape[-1]
         out = self._overlap_add(frames)
         env = self._overlap_add(self.window.square()[None, :, None].expand(1, -1, n))
         pad = (self.n_fft - self.hop) // 2
         return (out / env.clamp(min=1e-8))[:, pad:pad + n * self.hop]
+
+    def griffin_lim(self, magnitude: Tensor, iters: int, momentum: float = 0.99) -> Tensor:
+        """Compressed magnitudes ``(B, F, N)`` -> waveform ``(B, N * hop)`` whose spectrum has
+        them (approximately): fast Griffin-Lim (Perraudin et al. 2013), starting from a fixed
+        pseudo-random phase so that decoding is deterministic."""
+        mag = magnitude.float().clamp(min=0).pow(1.0 / self.power)         # uncompressed
+        angle = (2 * math.pi) * torch.rand(mag.shape, generator=torch.Generator().manual_seed(0))
+        unit = torch.polar(torch.ones_like(mag), angle.to(mag.device))
+        previous = torch.zeros_like(unit)
+        for _ in range(iters):
+            rebuilt = self.stft(self.istft(mag * unit))
+            unit = rebuilt - (momentum / (1 + momentum)) * previous
+            unit = unit / (unit.abs() + 1e-16)
+            previous = rebuilt
+        return self.istft(mag * unit)
+
+
+def _magnitude(spec: Tensor) -> Tensor:
+    """Real | imag stacked ``(B, 2F, N)`` -> magnitudes ``(B, F, N)`` (finite gradient at 0)."""
+    re, im = spec.chunk(2, dim=1)
+    return (re.square() + im.square() + 1e-12).sqrt()
+
+
+def _with_phase(magnitude: Tensor, spec: Tensor) -> Tensor:
+    """Magnitudes ``(B, F, N)`` with the phase of ``spec`` (real | imag ``(B, 2F, N)``; zero
+    phase where ``spec`` is 0) -> real | imag ``(B, 2F, N)``."""
+    re, im = spec.float().chunk(2, dim=1)
+    norm = torch.hypot(re, im)
+    unit_re = torch.where(norm > 0, re / norm.clamp(min=1e-12), torch.ones_like(re))
+    unit_im = torch.where(norm > 0, im / norm.clamp(min=1e-12), torch.zeros_like(im))
+    return torch.cat([magnitude * unit_re, magnitude * unit_im], dim=1)
 
 
 def _stack(channels: int, n: int, cfg: AudioTokenizerConfig) -> nn.Sequential:
@@ -264,7 +313,7 @@ class AudioTokenizer(Tokenizer):
         super().__init__(config)
         cfg = config
         self.spectral = _Spectral(cfg.n_fft, cfg.stft_hop, cfg.power)
-        self.encoder = AudioEncoder(cfg)
+        self.encoder = AudioEncoder(cfg, magnitude=cfg.phase_free)
         # phase-free leading levels: an encoder of |compressed spectrum| only
         self.magnitude_encoder = AudioEncoder(cfg, magnitude=True) if cfg.magnitude_levels else None
         self.decoder = AudioDecoder(cfg)
@@ -374,15 +423,19 @@ class AudioTokenizer(Tokenizer):
         of the complex-spectrum encoder and (``magnitude_levels > 0``, else None) of the
         magnitude encoder."""
         feats = feats.to(self.encoder.conv_in.weight.dtype)
+        if self.config.phase_free:
+            return self.encoder(_magnitude(feats)).transpose(1, 2), None
         z = self.encoder(feats).transpose(1, 2)
         if self.magnitude_encoder is None:
             return z, None
-        re, im = feats.chunk(2, dim=1)
-        return z, self.magnitude_encoder(torch.hypot(re, im)).transpose(1, 2)
+        return z, self.magnitude_encoder(_magnitude(feats)).transpose(1, 2)
 
     def _synth(self, zq: Tensor) -> Tensor:
         """Channel-last ``(B, frames, D)`` -> waveform ``(B, frames * hop_length)``."""
-        return self.spectral.inverse(self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2)))
+        spec = self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
+        if self.config.phase_free:
+            return self.spectral.griffin_lim(_magnitude(spec.float()), self.config.griffin_lim_iters)
+        return self.spectral.inverse(spec)
 
     def _decode_chunk(self, codes: Tensor) -> Tensor:
         """``(B, frames, n)`` -> ``(B, frames * hop_length)``."""
@@ -473,9 +526,11 @@ class AudioTokenizer(Tokenizer):
             n = self._forward_levels(num_codebooks)
             q = self.quantizer(z, n_quantizers=n, lead=lead)
         spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
+        if self.config.phase_free:  # predicted magnitudes under the input's phase
+            spec = _with_phase(_magnitude(spec.float()), target_spec)
         recon = self.spectral.inverse(spec)[:, None, :t]                 # (B, 1, T)
-        phase_free = n is not None and n <= self.config.magnitude_levels
-        loss_fn = self.magnitude_recon_loss if phase_free else self.recon_loss
+        levels_phase_free = n is not None and n <= self.config.magnitude_levels
+        loss_fn = self.magnitude_recon_loss if levels_phase_free else self.recon_loss
         recon_loss, terms = loss_fn(recon, x[:, None], spec, target_spec)
         vq_loss = q.loss.float()
         metrics = {"recon_loss": recon_loss.detach(), "vq_loss": vq_loss.detach(), **terms,
