@@ -145,16 +145,21 @@ def class_classifier(cfg: dict, data: RecipeData, label: str, device="cpu"):
         cache_path=Path(cfg["data_root"]) / data.name / f"{label}-classifier-s{c['steps']}.safetensors")
 
 
+@torch.no_grad()
+def reconstruct(tokenizer, waves: torch.Tensor, device="cpu", levels: int | None = None) -> torch.Tensor:
+    """``waves`` ``(n, 1, T)`` through the tokenizer's first ``levels`` (default all), 16 at a
+    time, back on the CPU."""
+    return torch.cat([tokenizer.decode(tokenizer.encode(waves[i:i + 16].to(device), num_codebooks=levels),
+                                       length=waves.shape[-1]).cpu() for i in range(0, len(waves), 16)])
+
+
 def recon_scores(tokenizer, real: torch.Tensor, labels: torch.Tensor, clf, modality: Modality,
                  device="cpu", levels: int | None = None) -> dict:
     """The sample scores on codec reconstructions of real held-out audio ``(n, 1, T)`` from the
     first ``levels`` (default all) RVQ levels: the ceiling a prior over those levels could reach
     with this tokenizer (``recon_class_accuracy``, plus the modality's ``sample_*`` extras
     renamed ``recon_*``)."""
-    with torch.no_grad():
-        recon = torch.cat([tokenizer.decode(tokenizer.encode(real[i:i + 16].to(device), num_codebooks=levels),
-                                            length=real.shape[-1]).cpu()
-                           for i in range(0, len(real), 16)])
+    recon = reconstruct(tokenizer, real, device, levels)
     out = {"recon_class_accuracy": audio_class_accuracy(recon, labels, clf)}
     if modality.sample_metrics:
         out.update({"recon_" + k[len("sample_"):]: v for k, v in
@@ -307,9 +312,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
         gen_tokenizer.eval()
         gen_dir = run_dir / "prior_tokenizer"
         seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
-        with torch.no_grad():
-            recon = torch.cat([gen_tokenizer.decode(gen_tokenizer.encode(seen[i:i + 16].to(device)),
-                                                    length=seen.shape[-1]).cpu() for i in range(0, len(seen), 16)])
+        recon = reconstruct(gen_tokenizer, seen, device)
         metrics["prior_tokenizer_bitrate_kbps"] = gen_tokenizer.bitrate()
         metrics["prior_tokenizer_mel_distance"] = AM.mel_distance(recon, seen, gen_tokenizer.sample_rate)
         print(f"prior tokenizer: {gen_tokenizer.num_parameters() / 1e6:.2f}M parameters, "

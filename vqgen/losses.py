@@ -89,12 +89,18 @@ def _check_spectra(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     return pred.float(), target.float()
 
 
+def stacked_magnitude(spec: Tensor, eps: float = 1e-8) -> Tensor:
+    """Magnitudes ``(B, F, N)`` of a spectrum given as real | imag stacked on dim 1 (``(B, 2F,
+    N)``); ``eps`` keeps the gradient finite at 0."""
+    re, im = spec.chunk(2, dim=1)
+    return (re.square() + im.square() + eps).sqrt()
+
+
 def magnitude_mse(pred: Tensor, target: Tensor) -> Tensor:
     """MSE of the magnitudes of spectra given as real | imag stacked on dim 1 (``(B, 2F, N)``):
     blind to phase."""
     pred, target = _check_spectra(pred, target)
-    (pr, pi), (tr, ti) = pred.chunk(2, dim=1), target.chunk(2, dim=1)
-    return F.mse_loss((pr.square() + pi.square() + 1e-8).sqrt(), (tr.square() + ti.square() + 1e-8).sqrt())
+    return F.mse_loss(stacked_magnitude(pred), stacked_magnitude(target))
 
 
 def spectrum_mse(pred: Tensor, target: Tensor, mag_weight: float = 0.0) -> Tensor:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.audio import check_sample_rate, read_audio, resample, write_audio
-from ..losses import AudioLossConfig, AudioReconstructionLoss, compress
+from ..losses import AudioLossConfig, AudioReconstructionLoss, compress, stacked_magnitude
 from .base import Tokenizer, TokenizerOutput
 from .layers import ConvNeXtBlock1d, ResBlock
 from .quantizers import QuantizerOutput, ResidualVQ
@@ -232,12 +232,6 @@ class _Spectral(nn.Module):
         return self.istft(mag * unit)
 
 
-def _magnitude(spec: Tensor) -> Tensor:
-    """Real | imag stacked ``(B, 2F, N)`` -> magnitudes ``(B, F, N)`` (finite gradient at 0)."""
-    re, im = spec.chunk(2, dim=1)
-    return (re.square() + im.square() + 1e-12).sqrt()
-
-
 def _with_phase(magnitude: Tensor, spec: Tensor) -> Tensor:
     """Magnitudes ``(B, F, N)`` with the phase of ``spec`` (real | imag ``(B, 2F, N)``; zero
     phase where ``spec`` is 0) -> real | imag ``(B, 2F, N)``."""
@@ -424,17 +418,17 @@ class AudioTokenizer(Tokenizer):
         magnitude encoder."""
         feats = feats.to(self.encoder.conv_in.weight.dtype)
         if self.config.phase_free:
-            return self.encoder(_magnitude(feats)).transpose(1, 2), None
+            return self.encoder(stacked_magnitude(feats, 1e-12)).transpose(1, 2), None
         z = self.encoder(feats).transpose(1, 2)
         if self.magnitude_encoder is None:
             return z, None
-        return z, self.magnitude_encoder(_magnitude(feats)).transpose(1, 2)
+        return z, self.magnitude_encoder(stacked_magnitude(feats, 1e-12)).transpose(1, 2)
 
     def _synth(self, zq: Tensor) -> Tensor:
         """Channel-last ``(B, frames, D)`` -> waveform ``(B, frames * hop_length)``."""
         spec = self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
         if self.config.phase_free:
-            return self.spectral.griffin_lim(_magnitude(spec.float()), self.config.griffin_lim_iters)
+            return self.spectral.griffin_lim(stacked_magnitude(spec.float(), 1e-12), self.config.griffin_lim_iters)
         return self.spectral.inverse(spec)
 
     def _decode_chunk(self, codes: Tensor) -> Tensor:
@@ -527,7 +521,7 @@ class AudioTokenizer(Tokenizer):
             q = self.quantizer(z, n_quantizers=n, lead=lead)
         spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
         if self.config.phase_free:  # predicted magnitudes under the input's phase
-            spec = _with_phase(_magnitude(spec.float()), target_spec)
+            spec = _with_phase(stacked_magnitude(spec.float(), 1e-12), target_spec)
         recon = self.spectral.inverse(spec)[:, None, :t]                 # (B, 1, T)
         levels_phase_free = n is not None and n <= self.config.magnitude_levels
         loss_fn = self.magnitude_recon_loss if levels_phase_free else self.recon_loss
