@@ -56,6 +56,7 @@ from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.spectrogram import save_spectrogram_png
 from vqgen.tokenizers import audio as audio_tokenizers
 from vqgen.tokenizers.audio import AudioTokenizer
+from vqgen.tokenizers.hybrid_audio import HybridAudioTokenizer
 from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
 
 HERE = Path(__file__).resolve().parent
@@ -168,6 +169,51 @@ def recon_scores(tokenizer, real: torch.Tensor, labels: torch.Tensor, clf, modal
     return out
 
 
+def score_codec(tokenizer, model_dir: Path, eval_path: Path, data: RecipeData, ev: dict, label: str,
+                write: bool) -> dict:
+    """Held-out reconstruction scores of ``tokenizer`` at each bitrate (``evaluate_tokenizer``
+    keys) on the first ``ev["seconds"]`` of up to ``ev["max_clips"]`` test clips of seen
+    classes, plus the ``test_unseen_<label>_*`` keys on unseen classes when the split has them;
+    cached in ``eval_path`` for the weights in ``model_dir`` and these settings (written when
+    ``write``)."""
+    seen_idx = [i for i in range(len(data.test)) if not data.test_unseen[i]]
+    unseen_idx = [i for i in range(len(data.test)) if data.test_unseen[i]]
+    weights_mtime = (model_dir / "model.safetensors").stat().st_mtime
+    cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
+    if cached.get("weights_mtime") == weights_mtime and cached.get("settings") == ev:
+        return cached["metrics"]
+    levels, stoi = ev["levels"], ev.get("stoi", False)
+    seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
+    scores = AM.evaluate_tokenizer(tokenizer, seen, levels=levels, with_stoi=stoi)
+    if unseen_idx:
+        unseen = fixed_length(data.test, unseen_idx[:ev["max_clips"]], ev["seconds"])
+        per_level = AM.evaluate_tokenizer(tokenizer, unseen, levels=levels, with_stoi=stoi,
+                                          prefix=f"test_unseen_{label}_")
+        scores.update({k: v for k, v in per_level.items() if k.startswith(f"test_unseen_{label}_")})
+    if write:
+        atomic_write_text(eval_path, json.dumps({"weights_mtime": weights_mtime, "settings": ev,
+                                                 "metrics": scores}, indent=2) + "\n")
+    return scores
+
+
+def codec_metrics(tokenizer, scores: dict, ev: dict, label: str) -> dict:
+    """``bitrate_kbps``, the figures at the tokenizer's top bitrate under the plain keys
+    (``test_si_sdr``, ``test_mel_distance``, ``test_stft_distance``, ``test_stoi`` when scored,
+    ``test_unseen_<label>_si_sdr`` when there are unseen classes), ``scores`` (:func:`score_codec`)
+    and the mean ``perplexity`` / ``usage`` over levels."""
+    top = f"{tokenizer.bitrate():.1f}".rstrip("0").rstrip(".").replace(".", "p") + "kbps"
+    out = {"bitrate_kbps": tokenizer.bitrate(),
+           **{f"test_{k}": scores[f"test_{k}_{top}"] for k in ("si_sdr", "mel_distance", "stft_distance")}}
+    if ev.get("stoi", False):
+        out["test_stoi"] = scores[f"test_stoi_{top}"]
+    if f"test_unseen_{label}_si_sdr_{top}" in scores:
+        out[f"test_unseen_{label}_si_sdr"] = scores[f"test_unseen_{label}_si_sdr_{top}"]
+    out.update(scores)
+    for what in ("perplexity", "usage"):
+        out[what] = sum(v for k, v in scores.items() if k.startswith(f"{what}_level")) / tokenizer.num_codebooks
+    return out
+
+
 def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
                   monitor: torch.Tensor, adversary=None) -> tuple[AudioTokenizer, float]:
     """Build ``cfg[component]`` (a preset of :mod:`vqgen.tokenizers.audio` with overrides),
@@ -252,37 +298,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
           f"({tokenizer.bitrate():g} kbps)")
 
     # 3. Evaluate the tokenizer on held-out audio (cached per tokenizer weights) ------------
-    eval_path = run_dir / "tokenizer_eval.json"
-    weights_mtime = (tok_dir / "model.safetensors").stat().st_mtime
-    cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
-    if cached.get("weights_mtime") == weights_mtime and cached.get("settings") == ev:
-        tok_metrics = cached["metrics"]
-    else:
-        levels, stoi = ev["levels"], ev.get("stoi", False)
-        seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
-        tok_metrics = AM.evaluate_tokenizer(tokenizer, seen, levels=levels, with_stoi=stoi)
-        if unseen_idx:
-            unseen = fixed_length(data.test, unseen_idx[:ev["max_clips"]], ev["seconds"])
-            per_level = AM.evaluate_tokenizer(tokenizer, unseen, levels=levels, with_stoi=stoi,
-                                              prefix=f"test_unseen_{label}_")
-            tok_metrics.update({k: v for k, v in per_level.items() if k.startswith(f"test_unseen_{label}_")})
-        if main_rank:
-            atomic_write_text(eval_path, json.dumps({"weights_mtime": weights_mtime, "settings": ev,
-                                                     "metrics": tok_metrics}, indent=2) + "\n")
-    top = f"{tokenizer.bitrate():.1f}".rstrip("0").rstrip(".").replace(".", "p") + "kbps"
-    metrics = {"bitrate_kbps": tokenizer.bitrate(),
-               "test_si_sdr": tok_metrics[f"test_si_sdr_{top}"],
-               "test_mel_distance": tok_metrics[f"test_mel_distance_{top}"],
-               "test_stft_distance": tok_metrics[f"test_stft_distance_{top}"]}
-    if ev.get("stoi", False):
-        metrics["test_stoi"] = tok_metrics[f"test_stoi_{top}"]
-    if f"test_unseen_{label}_si_sdr_{top}" in tok_metrics:
-        metrics[f"test_unseen_{label}_si_sdr"] = tok_metrics[f"test_unseen_{label}_si_sdr_{top}"]
-    metrics.update(tok_metrics)
-    metrics["perplexity"] = sum(v for k, v in tok_metrics.items() if k.startswith("perplexity_level")) \
-        / tokenizer.num_codebooks
-    metrics["usage"] = sum(v for k, v in tok_metrics.items() if k.startswith("usage_level")) \
-        / tokenizer.num_codebooks
+    tok_metrics = score_codec(tokenizer, tok_dir, run_dir / "tokenizer_eval.json", data, ev, label, main_rank)
+    metrics = codec_metrics(tokenizer, tok_metrics, ev, label)
     print("tokenizer eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "si_sdr" in k))
 
     samples_dir = run_dir / "samples"
@@ -292,18 +309,25 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     def example_tag(j: int, i: int) -> str:
         return f"recon_{j}_{data.classes[int(data.test.labels[i])]}" + ("_unseen" if data.test_unseen[i] else "")
 
-    if main_rank:
+    def write_examples(model, levels: list[int], suffix: str = "") -> None:
+        """The shown test clips through ``model`` at each level count (WAV + spectrogram),
+        ``<tag>_<kbps>kbps<suffix>``, or ``<tag><suffix>`` when ``levels`` is empty (all levels);
+        with the originals (``<tag>_original``) when there is no suffix."""
         for j, i in enumerate(shown):
             wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
             tag = example_tag(j, i)
-            codes = tokenizer.encode(wave)
-            outs = {"original": wave[0, 0].cpu()}
-            for n in sorted({1, max(1, tokenizer.num_codebooks // 2), tokenizer.num_codebooks}):
-                kbps = f"{tokenizer.bitrate(n):g}".replace(".", "p")
-                outs[f"{kbps}kbps"] = tokenizer.decode(codes[:, :n], length=wave.shape[-1])[0, 0].cpu()
+            codes = model.encode(wave)
+            outs = {} if suffix else {"_original": wave[0, 0].cpu()}
+            for n in levels or [model.num_codebooks]:
+                what = "_" + f"{model.bitrate(n):g}".replace(".", "p") + "kbps" if levels else ""
+                outs[what + suffix] = model.decode(codes[:, :n], length=wave.shape[-1])[0, 0].cpu()
             for what, w in outs.items():
-                write_audio(samples_dir / f"{tag}_{what}.wav", w, tokenizer.sample_rate)
-                save_spectrogram_png(w, tokenizer.sample_rate, samples_dir / f"{tag}_{what}.png")
+                name = tag + what
+                write_audio(samples_dir / f"{name}.wav", w, model.sample_rate)
+                save_spectrogram_png(w, model.sample_rate, samples_dir / f"{name}.png")
+
+    if main_rank:
+        write_examples(tokenizer, sorted({1, max(1, tokenizer.num_codebooks // 2), tokenizer.num_codebooks}))
 
     # 3b. Optionally a second tokenizer whose codes the prior models (e.g. a phase-free codec) --
     gen_tokenizer, gen_dir, gen_seconds = tokenizer, tok_dir, 0.0
@@ -320,12 +344,22 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
               f"({gen_tokenizer.bitrate():g} kbps); held-out mel distance "
               f"{metrics['prior_tokenizer_mel_distance']:.3f}")
         if main_rank:  # the same examples through the prior's tokenizer
-            for j, i in enumerate(shown):
-                wave = fixed_length(data.test, [i], ev["seconds"]).to(device)
-                w = gen_tokenizer.decode(gen_tokenizer.encode(wave), length=wave.shape[-1])[0, 0].cpu()
-                name = f"{example_tag(j, i)}_prior_tokenizer"
-                write_audio(samples_dir / f"{name}.wav", w, gen_tokenizer.sample_rate)
-                save_spectrogram_png(w, gen_tokenizer.sample_rate, samples_dir / f"{name}.png")
+            write_examples(gen_tokenizer, [], "_prior_tokenizer")
+    hy = cfg["hybrid"]
+    if hy["enabled"] and main_rank:  # 3c. the hybrid codec: the prior tokenizer's magnitude code
+        if not cfg["prior_tokenizer"]["enabled"]:  # + the codec's leading levels
+            raise ValueError("hybrid.enabled: expected prior_tokenizer.enabled true (its codes are the "
+                             "hybrid's magnitude levels), got false")
+        hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"])
+        hybrid_dir = hybrid.save_pretrained(run_dir / "hybrid_tokenizer")
+        scores = score_codec(hybrid, hybrid_dir, run_dir / "hybrid_tokenizer_eval.json", data, ev, label, True)
+        # the hybrid is the run's codec now: its figures under the plain keys, the codec's as codec_*
+        codec = codec_metrics(tokenizer, tok_metrics, ev, label)
+        metrics = {**codec_metrics(hybrid, scores, ev, label), **{"codec_" + k: v for k, v in codec.items()},
+                   **{k: v for k, v in metrics.items() if k not in codec}}
+        print("hybrid codec eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                                                if "si_sdr" in k and not k.startswith("codec_")))
+        write_examples(hybrid, sorted({hybrid.num_codebooks // 2, hybrid.num_codebooks}), "_hybrid")
     prior_levels = cfg["prior_data"]["levels"]                     # the prior's (leading) levels
     prior_levels = gen_tokenizer.num_codebooks if prior_levels is None else prior_levels
     if isinstance(prior_levels, bool) or not isinstance(prior_levels, int) \

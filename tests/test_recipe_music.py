@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from vqgen.data.soundfont import soundfont_available
+from vqgen.pipeline import load_model
 
 RATE = 16000
 TIMBRES = ["organ", "gm:24"] if soundfont_available() else ["organ", "plucked"]
@@ -84,7 +85,9 @@ def test_prior_levels_outside_the_tokenizer_raise(run, load_recipe, levels):
 def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_args):
     """prior_tokenizer.enabled: a second (phase-free) tokenizer is trained into
     run_dir/prior_tokenizer, the prior models its codes (cached apart, in prior_codes/), the
-    samples and the recon ceiling decode through it, and the pipeline loads it by default."""
+    samples and the recon ceiling decode through it, and the pipeline loads it by default.
+    hybrid.enabled: its code + the codec's first 3 levels form run_dir/hybrid_tokenizer, whose
+    figures take the plain keys (the codec's become codec_*)."""
     from vqgen.pipeline import GenerationPipeline
     argv = tiny_audio_args(tmp_path) + [
         "dataset_options.num_pieces=2", "dataset_options.clips_per_piece=2",
@@ -93,11 +96,19 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
         "prior_tokenizer.preset=audio_tokenizer_debug", "prior_tokenizer.overrides.num_codebooks=1",
         "prior_tokenizer.overrides.quantizer_warmup_steps=2", "prior_tokenizer.overrides.griffin_lim_iters=4",
         "prior_tokenizer_train.steps=4", "prior_tokenizer_train.batch_size=4",
-        "prior_tokenizer_train.warmup_steps=1", "prior_tokenizer_train.eval_every=0"]
+        "prior_tokenizer_train.warmup_steps=1", "prior_tokenizer_train.eval_every=0",
+        "prior_tokenizer.overrides.n_fft=320", "hybrid.enabled=true"]            # the codec's STFT
     metrics = load_recipe("music").main(argv)
     run_dir = tmp_path / "runs" / "smoke"
     assert metrics["prior_tokenizer_bitrate_kbps"] == pytest.approx(0.3)      # 1 level x 64 at 50 Hz
-    assert metrics["bitrate_kbps"] == pytest.approx(1.2)                       # the codec: 4 levels
+    assert metrics["bitrate_kbps"] == metrics["codec_bitrate_kbps"] == pytest.approx(1.2)  # 1 + 3 / 4 levels
+    hybrid_eval = json.loads((run_dir / "hybrid_tokenizer_eval.json").read_text())["metrics"]
+    codec_eval = json.loads((run_dir / "tokenizer_eval.json").read_text())["metrics"]
+    assert metrics["test_si_sdr"] == hybrid_eval["test_si_sdr_1p2kbps"] != codec_eval["test_si_sdr_1p2kbps"]
+    assert metrics["codec_test_si_sdr"] == codec_eval["test_si_sdr_1p2kbps"]
+    assert metrics["test_si_sdr_0p6kbps"] == hybrid_eval["test_si_sdr_0p6kbps"]
+    assert type(load_model(run_dir / "hybrid_tokenizer")).__name__ == "HybridAudioTokenizer"
+    assert sorted((run_dir / "samples").glob("recon_0_*_1p2kbps_hybrid.wav"))
     assert math.isfinite(metrics["prior_tokenizer_mel_distance"])
     prior_cfg = json.loads((run_dir / "prior" / "config.json").read_text())["config"]
     assert prior_cfg["code_shape"] == [1, 20]

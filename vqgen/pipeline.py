@@ -33,6 +33,7 @@ Labels = Any  # int | str | Sequence[int | str] | torch.Tensor | None
 MODEL_CLASSES = {
     "ImageTokenizer": "vqgen.tokenizers.image:ImageTokenizer",
     "AudioTokenizer": "vqgen.tokenizers.audio:AudioTokenizer",
+    "HybridAudioTokenizer": "vqgen.tokenizers.hybrid_audio:HybridAudioTokenizer",
     "TextTokenizer": "vqgen.tokenizers.text:TextTokenizer",
     "PixelCNNPrior": "vqgen.priors.pixelcnn:PixelCNNPrior",
     "TransformerPrior": "vqgen.priors.transformer:TransformerPrior",

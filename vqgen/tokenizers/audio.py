@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -287,8 +287,67 @@ class AudioDecoder(nn.Module):
         return self.proj(self.norm(h.transpose(1, 2))).transpose(1, 2)     # (B, 2F, N)
 
 
+def chunked_decode(codes: Tensor, chunks: list[tuple[int, int, int, int]], hop: int,
+                   decode_chunk: Callable[[Tensor], Tensor]) -> Tensor:
+    """Channel-last codes ``(B, frames, n)`` -> waveform ``(B, frames * hop)`` decoded chunk by
+    chunk (``chunks`` as :meth:`AudioTokenizer._chunks` gives them; ``decode_chunk`` maps
+    ``(B, f, n)`` codes to ``(B, f * hop)`` samples), overlapping outputs crossfaded linearly."""
+    frames = codes.shape[1]
+    if len(chunks) == 1:
+        return decode_chunk(codes)
+    wave = torch.zeros(codes.shape[0], frames * hop, device=codes.device)
+    weight = torch.zeros(frames * hop, device=codes.device)
+    for lo, hi, clo, chi in chunks:
+        part = decode_chunk(codes[:, clo:chi]).float()
+        # weights: 0 over the outer half of each context (a chunk's own edges are unreliable),
+        # a linear ramp over the inner half, 1 over the kept centre
+        w = torch.ones(part.shape[-1], device=codes.device)
+        left, right = (lo - clo) * hop, (chi - hi) * hop
+        if left:
+            w[:left] = 0
+            w[left // 2:left] = torch.linspace(0, 1, left - left // 2 + 2, device=codes.device)[1:-1]
+        if right:
+            w[-right:] = 0
+            w[-right:len(w) - right // 2] = torch.linspace(1, 0, right - right // 2 + 2, device=codes.device)[1:-1]
+        wave[:, clo * hop:chi * hop] += part * w
+        weight[clo * hop:chi * hop] += w
+    return wave / weight.clamp(min=1e-6)
+
+
+class AudioCodesMixin:
+    """What every audio tokenizer does the same way on top of its ``encode`` / ``decode`` /
+    ``num_codebooks`` / ``sample_rate``: the level-count check and the file helpers."""
+
+    def _levels(self, num_codebooks: int | None) -> int:
+        q = self.num_codebooks
+        if num_codebooks is None:
+            return q
+        if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= q:
+            raise ValueError(f"num_codebooks must be an int in [1, {q}], got {num_codebooks!r}")
+        return num_codebooks
+
+    def encode_file(self, path: str | os.PathLike, num_codebooks: int | None = None,
+                    downmix: bool = False) -> Tensor:
+        """Codes ``(1, n, frames)`` of an audio file (any rate soundfile reads; stereo needs
+        ``downmix=True``). ``FileNotFoundError`` / ``ValueError`` for missing or non-audio files."""
+        wave, rate = read_audio(path)                                    # (C, T)
+        device = next(self.parameters()).device
+        return self.encode(wave[None].to(device), rate, num_codebooks, downmix=downmix)
+
+    def decode_to_file(self, codes: Tensor, path: str | os.PathLike, length: int | None = None) -> Path:
+        """Decode ``(1, n, frames)`` (or ``(n, frames)``) codes and write a 16-bit file at
+        ``sample_rate`` (format from the suffix); returns the path."""
+        if isinstance(codes, Tensor) and codes.dim() == 2:
+            codes = codes[None]
+        if isinstance(codes, Tensor) and codes.dim() == 3 and codes.shape[0] != 1:
+            raise ValueError(f"decode_to_file expects the codes of one clip (1, n, frames), got {tuple(codes.shape)}")
+        with torch.no_grad():
+            wave = self.decode(codes, length=length)
+        return write_audio(path, wave[0], self.sample_rate)
+
+
 # --------------------------------------------------------------------------- tokenizer
-class AudioTokenizer(Tokenizer):
+class AudioTokenizer(AudioCodesMixin, Tokenizer):
     """Neural audio codec with residual VQ codes (see the module docstring for the layout).
 
     ``AudioTokenizer.from_config(sample_rate=16000, codebook_size=1024, num_codebooks=8, ...)``;
@@ -369,14 +428,6 @@ class AudioTokenizer(Tokenizer):
         return self.num_codebooks, -(-input_shape[-1] // self.hop_length)
 
     # ----------------------------------------------------------------------- checks
-    def _levels(self, num_codebooks: int | None) -> int:
-        q = self.num_codebooks
-        if num_codebooks is None:
-            return q
-        if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= q:
-            raise ValueError(f"num_codebooks must be an int in [1, {q}], got {num_codebooks!r}")
-        return num_codebooks
-
     def prepare(self, wave: Tensor, sample_rate: int | None = None, downmix: bool = False) -> Tensor:
         """Validate a wave and return it fp32 ``(B, T)`` at ``self.sample_rate`` (resampled,
         downmixed when asked). ``sample_rate=None`` means the tokenizer's rate."""
@@ -431,13 +482,24 @@ class AudioTokenizer(Tokenizer):
             return self.spectral.griffin_lim(stacked_magnitude(spec.float(), 1e-12), self.config.griffin_lim_iters)
         return self.spectral.inverse(spec)
 
-    def _decode_chunk(self, codes: Tensor) -> Tensor:
-        """``(B, frames, n)`` -> ``(B, frames * hop_length)``."""
+    def _quantized(self, codes: Tensor) -> Tensor:
+        """Channel-last codes ``(B, frames, n)`` -> the sum of their levels' vectors ``(B,
+        frames, latent_dim)``."""
         q = self.quantizer
         zq = q.layers[0].decode(codes[..., 0])
         for layer, c in zip(q.layers[1:], codes[..., 1:].unbind(-1)):
             zq = zq + layer.decode(c)
-        return self._synth(zq)
+        return zq
+
+    def _decode_chunk(self, codes: Tensor) -> Tensor:
+        """``(B, frames, n)`` -> ``(B, frames * hop_length)``."""
+        return self._synth(self._quantized(codes))
+
+    def decoded_magnitudes(self, codes: Tensor) -> Tensor:
+        """Channel-last codes ``(B, frames, n)`` -> the compressed magnitude spectrum ``(B, F,
+        frames)`` the decoder predicts (of a ``phase_free`` codec: what Griffin-Lim is given)."""
+        spec = self.decoder(self._quantized(codes).to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
+        return stacked_magnitude(spec.float(), 1e-12)
 
     def _chunks(self, frames: int) -> list[tuple[int, int, int, int]]:
         """Split ``frames`` into ``(lo, hi, ctx_lo, ctx_hi)``: kept frames ``[lo, hi)`` computed
@@ -472,28 +534,7 @@ class AudioTokenizer(Tokenizer):
         ``(B, 1, frames * hop_length)`` at ``sample_rate`` (trimmed to ``length`` when given).
         Long code sequences are decoded in overlapping chunks crossfaded linearly."""
         c = self._prepare_codes(codes)                                   # (B, frames, n)
-        hop, frames = self.hop_length, c.shape[1]
-        chunks = self._chunks(frames)
-        if len(chunks) == 1:
-            wave = self._decode_chunk(c)
-        else:
-            wave = torch.zeros(c.shape[0], frames * hop, device=c.device)
-            weight = torch.zeros(frames * hop, device=c.device)
-            for lo, hi, clo, chi in chunks:
-                part = self._decode_chunk(c[:, clo:chi]).float()
-                # weights: 0 over the outer half of each context (a chunk's own edges are
-                # unreliable), a linear ramp over the inner half, 1 over the kept centre
-                w = torch.ones(part.shape[-1], device=c.device)
-                left, right = (lo - clo) * hop, (chi - hi) * hop
-                if left:
-                    w[:left] = 0
-                    w[left // 2:left] = torch.linspace(0, 1, left - left // 2 + 2, device=c.device)[1:-1]
-                if right:
-                    w[-right:] = 0
-                    w[-right:len(w) - right // 2] = torch.linspace(1, 0, right - right // 2 + 2, device=c.device)[1:-1]
-                wave[:, clo * hop:chi * hop] += part * w
-                weight[clo * hop:chi * hop] += w
-            wave = wave / weight.clamp(min=1e-6)
+        wave = chunked_decode(c, self._chunks(c.shape[1]), self.hop_length, self._decode_chunk)
         wave = wave[:, None]
         return wave if length is None else wave[..., :length]
 
@@ -545,26 +586,6 @@ class AudioTokenizer(Tokenizer):
         if p and float(torch.rand(())) < p:       # CPU generator: no device sync
             return self.config.magnitude_levels
         return self.quantizer.draw_levels()
-
-    # ----------------------------------------------------------------------- files
-    def encode_file(self, path: str | os.PathLike, num_codebooks: int | None = None,
-                    downmix: bool = False) -> Tensor:
-        """Codes ``(1, n, frames)`` of an audio file (any rate soundfile reads; stereo needs
-        ``downmix=True``). ``FileNotFoundError`` / ``ValueError`` for missing or non-audio files."""
-        wave, rate = read_audio(path)                                    # (C, T)
-        device = self.encoder.conv_in.weight.device
-        return self.encode(wave[None].to(device), rate, num_codebooks, downmix=downmix)
-
-    def decode_to_file(self, codes: Tensor, path: str | os.PathLike, length: int | None = None) -> Path:
-        """Decode ``(1, n, frames)`` (or ``(n, frames)``) codes and write a 16-bit file at
-        ``sample_rate`` (format from the suffix); returns the path."""
-        if isinstance(codes, Tensor) and codes.dim() == 2:
-            codes = codes[None]
-        if isinstance(codes, Tensor) and codes.dim() == 3 and codes.shape[0] != 1:
-            raise ValueError(f"decode_to_file expects the codes of one clip (1, n, frames), got {tuple(codes.shape)}")
-        with torch.no_grad():
-            wave = self.decode(codes, length=length)
-        return write_audio(path, wave[0], self.sample_rate)
 
 
 # --------------------------------------------------------------------------- presets

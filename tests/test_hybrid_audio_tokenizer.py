@@ -1,0 +1,125 @@
+"""HybridAudioTokenizer: a phase-free codec's magnitude level + a complex codec's levels."""
+import math
+
+import pytest
+import torch
+
+from vqgen.losses import stacked_magnitude
+from vqgen.pipeline import load_model
+from vqgen.tokenizers.audio import audio_tokenizer_debug
+from vqgen.tokenizers.hybrid_audio import HybridAudioTokenizer, HybridAudioTokenizerConfig
+
+
+def parts(seed: int = 0, **phase_overrides):
+    torch.manual_seed(seed)
+    magnitude = audio_tokenizer_debug(phase_free=True, num_codebooks=1, griffin_lim_iters=4).eval()
+    phase = audio_tokenizer_debug(**phase_overrides).eval()
+    return magnitude, phase
+
+
+def wave(n: int = 2, seconds: float = 0.5, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(16000 * seconds)) / 16000
+    tone = torch.sin(2 * math.pi * 220 * t) * 0.3
+    return (tone + 0.05 * torch.randn(n, 1, len(t), generator=g)).clamp(-1, 1)
+
+
+def test_codes_bitrate_and_levels():
+    magnitude, phase = parts()
+    hybrid = HybridAudioTokenizer.from_parts(magnitude, phase)
+    x = wave(seconds=0.37)
+    codes = hybrid.encode(x)
+    frames = -(-x.shape[-1] // 320)
+    assert hybrid.num_codebooks == 4 and codes.shape == (2, 4, frames)          # 1 + (4 - 1) levels
+    assert torch.equal(codes[:, :1], magnitude.encode(x))                        # level 0: the magnitude code
+    assert torch.equal(codes[:, 1:], phase.encode(x, num_codebooks=3))           # then the codec's first 3
+    assert torch.equal(hybrid.encode(x, num_codebooks=2), codes[:, :2])
+    assert hybrid.bitrate() == pytest.approx(phase.bitrate()) == pytest.approx(4 * phase.bitrate(1))
+    assert hybrid.bitrate(1) == pytest.approx(magnitude.bitrate())
+    assert hybrid.decode(codes, length=x.shape[-1]).shape == x.shape
+    assert hybrid.code_shape(x.shape[-1]) == (4, frames)
+    with pytest.raises(ValueError, match=r"num_codebooks must be an int in \[1, 4\]"):
+        hybrid.encode(x, num_codebooks=5)
+
+
+def test_decode_composes_the_parts():
+    """One level: the magnitude codec's own decode. More: the phase codec's wave, re-analysed,
+    with a blend of magnitudes; weight 0 gives back the phase codec's wave (a consistent
+    spectrum), weight 1 puts the magnitude codec's magnitudes on every bin before the overlap-add."""
+    magnitude, phase = parts()
+    x = wave()
+    codes = HybridAudioTokenizer.from_parts(magnitude, phase).encode(x)
+    t = x.shape[-1]
+    only = HybridAudioTokenizer.from_parts(magnitude, phase).decode(codes[:, :1], length=t)
+    assert torch.allclose(only, magnitude.decode(codes[:, :1], length=t))
+    codec_wave = phase.decode(codes[:, 1:], length=t)
+    zero = HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=0.0).decode(codes, length=t)
+    assert torch.allclose(zero, codec_wave, atol=1e-4)
+    one = HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=1.0).decode(codes)
+    # compare in the STFT domain, where the magnitudes were set (overlap-add of an inconsistent
+    # spectrum moves them somewhat, so: closer to the magnitude codec's than the phase codec's)
+    with torch.no_grad():
+        want = magnitude.decoded_magnitudes(codes[:, :1].transpose(1, 2))
+        got = stacked_magnitude(phase.spectral(one[:, 0]), 1e-12)
+        own = stacked_magnitude(phase.spectral(phase.decode(codes[:, 1:])[:, 0]), 1e-12)
+    assert (got - want).abs().mean() < 0.8 * (own - want).abs().mean()
+    # another magnitude code changes the output only through the magnitudes
+    other = codes.clone()
+    other[:, 0] = (other[:, 0] + 7) % 64
+    assert not torch.allclose(HybridAudioTokenizer.from_parts(magnitude, phase).decode(other),
+                              HybridAudioTokenizer.from_parts(magnitude, phase).decode(codes))
+
+
+def test_save_load_round_trip_and_files(tmp_path):
+    magnitude, phase = parts()
+    hybrid = HybridAudioTokenizer.from_parts(magnitude, phase, phase_levels=2, magnitude_weight=0.5)
+    loaded = load_model(hybrid.save_pretrained(tmp_path / "hybrid")).eval()
+    assert isinstance(loaded, HybridAudioTokenizer) and loaded.num_codebooks == 3
+    assert loaded.config.magnitude_weight == 0.5
+    x = wave(n=1)
+    codes = hybrid.encode(x)
+    assert torch.equal(loaded.encode(x), codes)
+    assert torch.allclose(loaded.decode(codes), hybrid.decode(codes))
+    path = loaded.decode_to_file(codes, tmp_path / "out.wav", length=x.shape[-1])
+    assert torch.equal(loaded.encode_file(path)[:, :1], loaded.encode(loaded.decode(codes, length=x.shape[-1]))[:, :1])
+
+
+def test_long_input_is_decoded_in_chunks():
+    magnitude, phase = parts(chunk_seconds=0.6, overlap_seconds=0.1)
+    hybrid = HybridAudioTokenizer.from_parts(magnitude, phase)
+    x = wave(n=1, seconds=2.0)
+    codes = hybrid.encode(x)
+    assert len(hybrid.phase._chunks(codes.shape[-1])) > 1
+    out = hybrid.decode(codes, length=x.shape[-1])
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    whole = HybridAudioTokenizer.from_parts(magnitude, audio_tokenizer_debug()).phase  # same weights, one chunk
+    whole.load_state_dict(phase.state_dict())
+    one_chunk = HybridAudioTokenizer.from_parts(magnitude, whole.eval()).decode(codes, length=x.shape[-1])
+    # the centres of the chunks match the whole decode (only the crossfades differ)
+    assert torch.allclose(out[..., 500:4000], one_chunk[..., 500:4000], atol=1e-4)
+    assert not torch.allclose(out, one_chunk, atol=1e-4)                       # the seams do differ
+
+
+def test_bad_configs_and_inputs_raise():
+    magnitude, phase = parts()
+    with pytest.raises(ValueError, match="expected the same n_fft in both parts"):
+        HybridAudioTokenizer.from_parts(audio_tokenizer_debug(phase_free=True, num_codebooks=1, n_fft=640), phase)
+    with pytest.raises(ValueError, match="expected a phase_free magnitude tokenizer"):
+        HybridAudioTokenizer.from_parts(phase, phase)
+    with pytest.raises(ValueError, match=r"phase_levels: expected an int in \[1, 4\], got 5"):
+        HybridAudioTokenizer.from_parts(magnitude, phase, phase_levels=5)
+    with pytest.raises(ValueError, match=r"magnitude_weight: expected a number in \[0, 1\], got 1.5"):
+        HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=1.5)
+    with pytest.raises(ValueError, match="expected an AudioTokenizer as phase"):
+        HybridAudioTokenizer.from_parts(magnitude, "codec")
+    with pytest.raises(ValueError, match="expected the fields of an AudioTokenizerConfig"):
+        HybridAudioTokenizerConfig(magnitude={}, phase=dict(vars(phase.config)))
+    hybrid = HybridAudioTokenizer.from_parts(magnitude, phase)
+    with pytest.raises(ValueError, match="expected mono audio"):
+        hybrid.encode(torch.zeros(1, 2, 1600))
+    with pytest.raises(ValueError, match=r"codes out of range: expected values in \[0, 64\)"):
+        hybrid.decode(torch.full((1, 4, 5), 64))
+    with pytest.raises(ValueError, match=r"expected codes \(B, n, frames\) with 1 <= n <= 4"):
+        hybrid.decode(torch.zeros(1, 5, 5, dtype=torch.long))
+    with pytest.raises(NotImplementedError, match="from_parts"):
+        hybrid(wave())
