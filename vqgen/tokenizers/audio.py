@@ -610,7 +610,9 @@ def speech_16khz(**overrides: Any) -> AudioTokenizer:
     cosine (unit-norm) codes cannot shrink the residual, so deeper levels added nothing. An
     SI-SDR loss term (``loss={"si_sdr_weight": 3.0}``) raised held-out SI-SDR by 2.5 dB at full
     size but made the output ~8 dB quieter and dull (mel distance 2.4x, STOI -0.02, voice
-    accuracy of prior samples 0.15 instead of 0.75), so it is not the default."""
+    accuracy of prior samples 0.15 instead of 0.75), so it is not the default here; the speech
+    recipe's full preset adds it, since its prior models a phase-free codec's codes and its
+    reconstructions go through :class:`~vqgen.tokenizers.hybrid_audio.HybridAudioTokenizer`."""
     values = dict(sample_rate=16000, codebook_size=1024, num_codebooks=4, frame_downsample=1,
                   block="resnet", channels=192, encoder_blocks=2, latent_blocks=2, decoder_blocks=2,
                   codebook_dim=8, vq_cosine=False)
