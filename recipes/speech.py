@@ -56,7 +56,7 @@ from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.spectrogram import save_spectrogram_png
 from vqgen.tokenizers import audio as audio_tokenizers
 from vqgen.tokenizers.audio import AudioTokenizer
-from vqgen.tokenizers.hybrid_audio import HybridAudioTokenizer
+from vqgen.tokenizers.hybrid_audio import HybridAudioTokenizer, HybridAudioTokenizerConfig
 from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
 
 HERE = Path(__file__).resolve().parent
@@ -214,6 +214,32 @@ def codec_metrics(tokenizer, scores: dict, ev: dict, label: str) -> dict:
     return out
 
 
+def build_tokenizer(cfg: dict, component: str) -> AudioTokenizer:
+    """An untrained ``cfg[component]`` tokenizer: its preset of :mod:`vqgen.tokenizers.audio`
+    with its overrides."""
+    section = cfg[component]
+    preset = getattr(audio_tokenizers, section["preset"], None)
+    if preset is None or not callable(preset):
+        raise ValueError(f"{component}.preset: expected a preset function of vqgen.tokenizers.audio, "
+                         f"got {section['preset']!r}")
+    return preset(**section["overrides"])
+
+
+def check_hybrid(cfg: dict) -> None:
+    """With ``hybrid.enabled``, fail before any training when the hybrid cannot be joined: it
+    needs the prior tokenizer, and the two tokenizers' STFTs and codebooks must match
+    (:class:`HybridAudioTokenizerConfig` says which value differs)."""
+    if not cfg["hybrid"]["enabled"]:
+        return
+    if not cfg["prior_tokenizer"]["enabled"]:
+        raise ValueError("hybrid.enabled: expected prior_tokenizer.enabled true (its codes are the "
+                         "hybrid's magnitude levels), got false")
+    phase = (AudioTokenizer.from_pretrained(cfg["tokenizer_from"]) if cfg["tokenizer_from"]
+             else build_tokenizer(cfg, "tokenizer"))
+    HybridAudioTokenizerConfig(magnitude=dict(vars(build_tokenizer(cfg, "prior_tokenizer").config)),
+                               phase=dict(vars(phase.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"])
+
+
 def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
                   monitor: torch.Tensor, adversary=None) -> tuple[AudioTokenizer, float]:
     """Build ``cfg[component]`` (a preset of :mod:`vqgen.tokenizers.audio` with overrides),
@@ -222,11 +248,7 @@ def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, de
     with its training seconds. The eval lines score ``monitor`` (held-out clips): SI-SDR, or
     for a ``phase_free`` codec (its phase is Griffin-Lim's, not the input's) the mel distance."""
     section = cfg[component]
-    preset = getattr(audio_tokenizers, section["preset"], None)
-    if preset is None or not callable(preset):
-        raise ValueError(f"{component}.preset: expected a preset function of vqgen.tokenizers.audio, "
-                         f"got {section['preset']!r}")
-    tokenizer = preset(**section["overrides"]).to(device)
+    tokenizer = build_tokenizer(cfg, component).to(device)
 
     def step(model, batch):
         wave = batch[0]
@@ -255,6 +277,7 @@ def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, de
 
 def main(argv=None, modality: Modality = SPEECH) -> dict:
     cfg = parse_args(argv, modality)
+    check_hybrid(cfg)
     label = modality.label
     dist = init_distributed()
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
@@ -299,7 +322,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
 
     # 3. Evaluate the tokenizer on held-out audio (cached per tokenizer weights) ------------
     tok_metrics = score_codec(tokenizer, tok_dir, run_dir / "tokenizer_eval.json", data, ev, label, main_rank)
-    metrics = codec_metrics(tokenizer, tok_metrics, ev, label)
+    codec = codec_metrics(tokenizer, tok_metrics, ev, label)
+    metrics = dict(codec)
     print("tokenizer eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if "si_sdr" in k))
 
     samples_dir = run_dir / "samples"
@@ -346,15 +370,12 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
         if main_rank:  # the same examples through the prior's tokenizer
             write_examples(gen_tokenizer, [], "_prior_tokenizer")
     hy = cfg["hybrid"]
-    if hy["enabled"] and main_rank:  # 3c. the hybrid codec: the prior tokenizer's magnitude code
-        if not cfg["prior_tokenizer"]["enabled"]:  # + the codec's leading levels
-            raise ValueError("hybrid.enabled: expected prior_tokenizer.enabled true (its codes are the "
-                             "hybrid's magnitude levels), got false")
+    if hy["enabled"] and main_rank:  # 3c. the hybrid codec (check_hybrid): the prior tokenizer's
+        # magnitude code + the codec's leading levels
         hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"])
         hybrid_dir = hybrid.save_pretrained(run_dir / "hybrid_tokenizer")
         scores = score_codec(hybrid, hybrid_dir, run_dir / "hybrid_tokenizer_eval.json", data, ev, label, True)
         # the hybrid is the run's codec now: its figures under the plain keys, the codec's as codec_*
-        codec = codec_metrics(tokenizer, tok_metrics, ev, label)
         metrics = {**codec_metrics(hybrid, scores, ev, label), **{"codec_" + k: v for k, v in codec.items()},
                    **{k: v for k, v in metrics.items() if k not in codec}}
         print("hybrid codec eval: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()

@@ -82,6 +82,20 @@ def test_prior_levels_outside_the_tokenizer_raise(run, load_recipe, levels):
         load_recipe("music").main(argv + [f"prior_data.levels={levels}", "name=bad-levels"])
 
 
+def test_hybrid_that_cannot_be_joined_fails_before_training(tmp_path, load_recipe, tiny_audio_args):
+    """hybrid.enabled needs the prior tokenizer and matching STFTs: checked before anything is
+    prepared or trained (here the music prior tokenizer and the tiny codec differ in frame rate)."""
+    argv = tiny_audio_args(tmp_path) + ["hybrid.enabled=true"]
+    with pytest.raises(ValueError, match="hybrid.enabled: expected prior_tokenizer.enabled true"):
+        load_recipe("music").main(argv)
+    with pytest.raises(ValueError, match=r"expected the same \w+ in both parts, got"):
+        load_recipe("music").main(argv + ["prior_tokenizer.enabled=true"])
+    with pytest.raises(ValueError, match=r"magnitude_weight: expected a number in \[0, 1\], got 2"):
+        load_recipe("music").main(argv + ["prior_tokenizer.enabled=true", "prior_tokenizer.overrides.n_fft=320",
+                                          "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.magnitude_weight=2"])
+    assert not (tmp_path / "runs" / "smoke").exists() and not (tmp_path / "data").exists()
+
+
 def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_args):
     """prior_tokenizer.enabled: a second (phase-free) tokenizer is trained into
     run_dir/prior_tokenizer, the prior models its codes (cached apart, in prior_codes/), the

@@ -316,7 +316,7 @@ def chunked_decode(codes: Tensor, chunks: list[tuple[int, int, int, int]], hop: 
 
 class AudioCodesMixin:
     """What every audio tokenizer does the same way on top of its ``encode`` / ``decode`` /
-    ``num_codebooks`` / ``sample_rate``: the level-count check and the file helpers."""
+    ``num_codebooks`` / ``sample_rate``: the level-count and code checks and the file helpers."""
 
     def _levels(self, num_codebooks: int | None) -> int:
         q = self.num_codebooks
@@ -325,6 +325,14 @@ class AudioCodesMixin:
         if isinstance(num_codebooks, bool) or not isinstance(num_codebooks, int) or not 1 <= num_codebooks <= q:
             raise ValueError(f"num_codebooks must be an int in [1, {q}], got {num_codebooks!r}")
         return num_codebooks
+
+    def _prepare_codes(self, codes: Tensor) -> Tensor:
+        """Validate ``(B, n, frames)`` codes (``1 <= n <= Q``) -> channel-last ``(B, frames, n)``."""
+        codes = self.check_codes(codes, ndim=3)
+        if not 1 <= codes.shape[1] <= self.num_codebooks or codes.shape[2] == 0:
+            raise ValueError(f"expected codes (B, n, frames) with 1 <= n <= {self.num_codebooks} "
+                             f"and frames >= 1, got shape {tuple(codes.shape)}")
+        return codes.transpose(1, 2)
 
     def encode_file(self, path: str | os.PathLike, num_codebooks: int | None = None,
                     downmix: bool = False) -> Tensor:
@@ -453,14 +461,6 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
     def _pad(self, wave: Tensor) -> Tensor:
         """``(B, T)`` -> ``(B, ceil(T / hop_length) * hop_length)`` (zeros at the end)."""
         return F.pad(wave, (0, -wave.shape[-1] % self.hop_length))
-
-    def _prepare_codes(self, codes: Tensor) -> Tensor:
-        """Validate ``(B, n, frames)`` codes (``1 <= n <= Q``) -> channel-last ``(B, frames, n)``."""
-        codes = self.check_codes(codes, ndim=3)
-        if not 1 <= codes.shape[1] <= self.num_codebooks or codes.shape[2] == 0:
-            raise ValueError(f"expected codes (B, n, frames) with 1 <= n <= {self.num_codebooks} "
-                             f"and frames >= 1, got shape {tuple(codes.shape)}")
-        return codes.transpose(1, 2)
 
     # ----------------------------------------------------------------------- core (one chunk)
     def _latents(self, feats: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..losses import stacked_magnitude
 from ..modeling import build_config
 from .audio import AudioCodesMixin, AudioTokenizer, AudioTokenizerConfig, _with_phase, chunked_decode
 from .base import Tokenizer, TokenizerOutput
-from ..losses import stacked_magnitude
 
 
 @dataclass
@@ -168,13 +168,9 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
     def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
         """Codes ``(B, n, frames)``, any ``1 <= n <= Q`` leading levels -> waveform ``(B, 1,
         frames * hop_length)`` (trimmed to ``length`` when given)."""
-        codes = self.check_codes(codes, ndim=3)
-        if not 1 <= codes.shape[1] <= self.num_codebooks or codes.shape[2] == 0:
-            raise ValueError(f"expected codes (B, n, frames) with 1 <= n <= {self.num_codebooks} "
-                             f"and frames >= 1, got shape {tuple(codes.shape)}")
-        if codes.shape[1] <= self.magnitude_levels:
-            return self.magnitude.decode(codes, length=length)
-        c = codes.transpose(1, 2)
+        c = self._prepare_codes(codes)                                   # (B, frames, n)
+        if c.shape[-1] <= self.magnitude_levels:
+            return self.magnitude.decode(c.transpose(1, 2), length=length)
         wave = chunked_decode(c, self.phase._chunks(c.shape[1]), self.hop_length, self._decode_chunk)[:, None]
         return wave if length is None else wave[..., :length]
 
