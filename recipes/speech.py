@@ -47,7 +47,7 @@ from vqgen.metrics import audio as AM
 from vqgen.metrics.audio_classifier import (audio_class_accuracy, audio_frechet_distance,
                                             crop_clips, mel_frechet_distance,
                                             train_audio_classifier)
-from vqgen.modeling import atomic_write_text, build_config
+from vqgen.modeling import atomic_write_text, build_config, read_train_step
 from vqgen.pipeline import GenerationPipeline, write_labels
 from vqgen.priors.pixelcnn import PixelCNNPrior
 from vqgen.priors.transformer import TransformerPrior
@@ -225,19 +225,37 @@ def build_tokenizer(cfg: dict, component: str) -> AudioTokenizer:
     return preset(**section["overrides"])
 
 
-def check_hybrid(cfg: dict) -> None:
-    """With ``hybrid.enabled``, fail before any training when the hybrid cannot be joined: it
-    needs the prior tokenizer, and the two tokenizers' STFTs and codebooks must match
+def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path, write: bool) -> AudioTokenizer:
+    """Give the trained codec ``tokenizer`` the encoder's code search of ``search``
+    (``candidates``, ``passes``: :mod:`vqgen.tokenizers.code_search`; candidates 0 = greedy) and,
+    when that changes its config (and ``write``), save it again in ``model_dir`` (same weights
+    and train step), so the run's tokenizer encodes as it was scored."""
+    if not isinstance(search, dict) or set(search) != {"candidates", "passes"}:
+        raise ValueError(f"tokenizer.search: expected {{candidates: int, passes: int}}, got {search!r}")
+    config = dataclasses.replace(tokenizer.config, search_candidates=search["candidates"],
+                                 search_passes=search["passes"])
+    if config != tokenizer.config:
+        tokenizer.config = config
+        if write:
+            tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
+    return tokenizer
+
+
+def check_codec(cfg: dict) -> None:
+    """Fail before any training when the codec's settings cannot work: ``tokenizer.search``
+    must be a valid code search for it, and with ``hybrid.enabled`` the hybrid must be joinable:
+    it needs the prior tokenizer, and the two tokenizers' STFTs and codebooks must match
     (:class:`HybridAudioTokenizerConfig` says which value differs)."""
+    codec = (AudioTokenizer.from_pretrained(cfg["tokenizer_from"]) if cfg["tokenizer_from"]
+             else build_tokenizer(cfg, "tokenizer"))
+    apply_search(codec, cfg["tokenizer"]["search"], Path(), write=False)
     if not cfg["hybrid"]["enabled"]:
         return
     if not cfg["prior_tokenizer"]["enabled"]:
         raise ValueError("hybrid.enabled: expected prior_tokenizer.enabled true (its codes are the "
                          "hybrid's magnitude levels), got false")
-    phase = (AudioTokenizer.from_pretrained(cfg["tokenizer_from"]) if cfg["tokenizer_from"]
-             else build_tokenizer(cfg, "tokenizer"))
     HybridAudioTokenizerConfig(magnitude=dict(vars(build_tokenizer(cfg, "prior_tokenizer").config)),
-                               phase=dict(vars(phase.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"])
+                               phase=dict(vars(codec.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"])
 
 
 def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
@@ -277,7 +295,7 @@ def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, de
 
 def main(argv=None, modality: Modality = SPEECH) -> dict:
     cfg = parse_args(argv, modality)
-    check_hybrid(cfg)
+    check_codec(cfg)
     label = modality.label
     dist = init_distributed()
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
@@ -315,7 +333,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
                                         adversarial_weight=adv_cfg["adversarial_weight"],
                                         feature_weight=adv_cfg["feature_weight"])
         tokenizer, tok_seconds = fit_tokenizer(cfg, "tokenizer", data, run_dir, device, monitor, adversary)
-    tokenizer.eval()
+    tokenizer = apply_search(tokenizer.eval(), cfg["tokenizer"]["search"], tok_dir, main_rank)
     print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")
@@ -370,7 +388,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
         if main_rank:  # the same examples through the prior's tokenizer
             write_examples(gen_tokenizer, [], "_prior_tokenizer")
     hy = cfg["hybrid"]
-    if hy["enabled"] and main_rank:  # 3c. the hybrid codec (check_hybrid): the prior tokenizer's
+    if hy["enabled"] and main_rank:  # 3c. the hybrid codec (check_codec): the prior tokenizer's
         # magnitude code + the codec's leading levels
         hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"])
         hybrid_dir = hybrid.save_pretrained(run_dir / "hybrid_tokenizer")

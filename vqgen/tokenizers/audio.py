@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..data.audio import check_sample_rate, read_audio, resample, write_audio
 from ..losses import AudioLossConfig, AudioReconstructionLoss, compress, stacked_magnitude
 from .base import Tokenizer, TokenizerOutput
+from .code_search import search_codes
 from .layers import ConvNeXtBlock1d, ResBlock
 from .quantizers import QuantizerOutput, ResidualVQ
 
@@ -107,6 +108,8 @@ class AudioTokenizerConfig:
     loss: dict = field(default_factory=dict)
     chunk_seconds: float = 30.0
     overlap_seconds: float = 1.0
+    search_candidates: int = 0          # encode: analysis-by-synthesis code search (0: greedy RVQ)
+    search_passes: int = 1              # encode: passes of that search over the levels
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str, got: Any) -> None:
@@ -148,6 +151,13 @@ class AudioTokenizerConfig:
         need(self.block in ("convnext", "resnet"), "block 'convnext' or 'resnet'", self.block)
         need(self.codebook_dim is None or pos_int(self.codebook_dim), "codebook_dim None or > 0",
              self.codebook_dim)
+        need(isinstance(self.search_candidates, int) and not isinstance(self.search_candidates, bool)
+             and (self.search_candidates == 0 or 2 <= self.search_candidates <= self.codebook_size),
+             "search_candidates 0 (greedy) or an int in [2, codebook_size]", self.search_candidates)
+        need(pos_int(self.search_passes), "search_passes a positive int", self.search_passes)
+        need(not (self.phase_free and self.search_candidates), "search_candidates 0 with phase_free "
+             "(the search scores waveforms, a phase-free codec's phase is Griffin-Lim's)",
+             self.search_candidates)
         need(self.chunk_seconds > 2 * self.overlap_seconds >= 0,
              "chunk_seconds > 2 * overlap_seconds >= 0", (self.chunk_seconds, self.overlap_seconds))
         if isinstance(self.loss, AudioLossConfig):
@@ -515,17 +525,33 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
     # ----------------------------------------------------------------------- API
     @torch.no_grad()
     def encode(self, wave: Tensor, sample_rate: int | None = None, num_codebooks: int | None = None,
-               downmix: bool = False) -> Tensor:
+               downmix: bool = False, search: int | None = None) -> Tensor:
         """Waveform ``(B, 1, T)`` / ``(B, T)`` at ``sample_rate`` (default the tokenizer's) ->
         codes LongTensor ``(B, n, ceil(T' / hop_length))``, ``T'`` the length at
         ``self.sample_rate`` and ``n = num_codebooks`` (default all ``Q`` levels). Inputs longer
-        than ``chunk_seconds`` are encoded chunk by chunk (bounded memory)."""
+        than ``chunk_seconds`` are encoded chunk by chunk (bounded memory).
+
+        ``search`` (default ``config.search_candidates``): 0 picks each level's nearest code
+        (greedy residual VQ); ``k >= 2`` refines the codes of every level after the first by
+        trying the ``k`` nearest codes per frame against the decoded waveform
+        (:mod:`vqgen.tokenizers.code_search`, ``config.search_passes`` passes): same decoder and
+        bitrate, a better reconstruction, ~``k x`` 40 decodes per level per pass."""
         n = self._levels(num_codebooks)
+        search = self.config.search_candidates if search is None else search
+        if isinstance(search, bool) or not isinstance(search, int) or search < 0 or search == 1 \
+                or (search and self.config.phase_free):
+            raise ValueError("AudioTokenizer.encode: expected search 0 or an int >= 2 (not with a "
+                             f"phase_free codec), got {search!r}")
         x = self._pad(self.prepare(wave, sample_rate, downmix))
         hop, out = self.hop_length, []
         for lo, hi, clo, chi in self._chunks(x.shape[-1] // hop):
-            z, lead = self._latents(self.spectral(x[:, clo * hop:chi * hop]))
+            chunk = x[:, clo * hop:chi * hop]
+            z, lead = self._latents(self.spectral(chunk))
             codes = self.quantizer.encode(z, lead)                                  # (B, f, Q)
+            if search:
+                codes = search_codes(self.quantizer, self._decode_chunk, chunk, z if lead is None else z + lead,
+                                     codes, search, self.config.search_passes,
+                                     first_level=max(1, self.config.magnitude_levels))
             out.append(codes[:, lo - clo:hi - clo, :n])
         return torch.cat(out, 1).transpose(1, 2).contiguous()
 

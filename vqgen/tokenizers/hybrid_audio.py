@@ -146,12 +146,14 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
     def encode(self, wave: Tensor, sample_rate: int | None = None, num_codebooks: int | None = None,
                downmix: bool = False) -> Tensor:
         """Waveform ``(B, 1, T)`` / ``(B, T)`` -> codes ``(B, n, ceil(T' / hop_length))``: the
-        magnitude levels first, then the phase levels (``n = num_codebooks``, default all)."""
+        magnitude levels first, then the phase levels (``n = num_codebooks``, default all). The
+        phase levels are the codec's greedy codes: its code search (``search_candidates``)
+        scores the codec's own decode, not this blend, so it is not run here."""
         n, m = self._levels(num_codebooks), self.magnitude_levels
         x = self.magnitude.prepare(wave, sample_rate, downmix)          # (B, T) at sample_rate
         codes = self.magnitude.encode(x)
         if n > m:
-            codes = torch.cat([codes, self.phase.encode(x, num_codebooks=n - m)], dim=1)
+            codes = torch.cat([codes, self.phase.encode(x, num_codebooks=n - m, search=0)], dim=1)
         return codes[:, :n]
 
     def _decode_chunk(self, codes: Tensor) -> Tensor:
