@@ -225,10 +225,10 @@ def build_tokenizer(cfg: dict, component: str) -> AudioTokenizer:
     return preset(**section["overrides"])
 
 
-def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path, write: bool) -> AudioTokenizer:
+def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path | None = None) -> AudioTokenizer:
     """Give the trained codec ``tokenizer`` the encoder's code search of ``search``
     (``candidates``, ``passes``: :mod:`vqgen.tokenizers.code_search`; candidates 0 = greedy) and,
-    when that changes its config (and ``write``), save it again in ``model_dir`` (same weights
+    when that changes its config and ``model_dir`` is given, save it again there (same weights
     and train step), so the run's tokenizer encodes as it was scored."""
     if not isinstance(search, dict) or set(search) != {"candidates", "passes"}:
         raise ValueError(f"tokenizer.search: expected {{candidates: int, passes: int}}, got {search!r}")
@@ -236,7 +236,7 @@ def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path, write
                                  search_passes=search["passes"])
     if config != tokenizer.config:
         tokenizer.config = config
-        if write:
+        if model_dir is not None:
             tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
     return tokenizer
 
@@ -248,7 +248,7 @@ def check_codec(cfg: dict) -> None:
     (:class:`HybridAudioTokenizerConfig` says which value differs)."""
     codec = (AudioTokenizer.from_pretrained(cfg["tokenizer_from"]) if cfg["tokenizer_from"]
              else build_tokenizer(cfg, "tokenizer"))
-    apply_search(codec, cfg["tokenizer"]["search"], Path(), write=False)
+    apply_search(codec, cfg["tokenizer"]["search"])
     if not cfg["hybrid"]["enabled"]:
         return
     if not cfg["prior_tokenizer"]["enabled"]:
@@ -333,7 +333,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
                                         adversarial_weight=adv_cfg["adversarial_weight"],
                                         feature_weight=adv_cfg["feature_weight"])
         tokenizer, tok_seconds = fit_tokenizer(cfg, "tokenizer", data, run_dir, device, monitor, adversary)
-    tokenizer = apply_search(tokenizer.eval(), cfg["tokenizer"]["search"], tok_dir, main_rank)
+    tokenizer = apply_search(tokenizer.eval(), cfg["tokenizer"]["search"], tok_dir if main_rank else None)
     print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")

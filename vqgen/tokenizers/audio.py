@@ -21,6 +21,7 @@ cuts between frames computed with context), decode crossfades overlapping output
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -535,13 +536,13 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
         (greedy residual VQ); ``k >= 2`` refines the codes of every level after the first by
         trying the ``k`` nearest codes per frame against the decoded waveform
         (:mod:`vqgen.tokenizers.code_search`, ``config.search_passes`` passes): same decoder and
-        bitrate, a better reconstruction, ~``k x`` 40 decodes per level per pass."""
+        bitrate, a better reconstruction, about ``14 (k + 1)`` decodes per level, pass and judged
+        level count."""
         n = self._levels(num_codebooks)
-        search = self.config.search_candidates if search is None else search
-        if isinstance(search, bool) or not isinstance(search, int) or search < 0 or search == 1 \
-                or (search and self.config.phase_free):
-            raise ValueError("AudioTokenizer.encode: expected search 0 or an int >= 2 (not with a "
-                             f"phase_free codec), got {search!r}")
+        if search is None:
+            search = self.config.search_candidates
+        else:  # the config's rule (ValueError naming search_candidates)
+            search = dataclasses.replace(self.config, search_candidates=search).search_candidates
         x = self._pad(self.prepare(wave, sample_rate, downmix))
         hop, out = self.hop_length, []
         for lo, hi, clo, chi in self._chunks(x.shape[-1] // hop):
