@@ -112,6 +112,10 @@ def parse_args(argv=None, modality: Modality = SPEECH) -> dict:
                              example="tokenizer_train.steps=200 prior=transformer")
 
 
+# what a cached tokenizer evaluation holds: a cache written with other metrics is scored again
+EVAL_KEYS = 2   # 2: level_db per bitrate
+
+
 def fixed_length(clips, index, seconds: float) -> torch.Tensor:
     """The first ``seconds`` of the clips ``index`` as ``(N, 1, T)`` (zero-padded)."""
     t = int(seconds * clips.sample_rate)
@@ -174,13 +178,14 @@ def score_codec(tokenizer, model_dir: Path, eval_path: Path, data: RecipeData, e
     """Held-out reconstruction scores of ``tokenizer`` at each bitrate (``evaluate_tokenizer``
     keys) on the first ``ev["seconds"]`` of up to ``ev["max_clips"]`` test clips of seen
     classes, plus the ``test_unseen_<label>_*`` keys on unseen classes when the split has them;
-    cached in ``eval_path`` for the weights in ``model_dir`` and these settings (written when
-    ``write``)."""
+    cached in ``eval_path`` for the weights in ``model_dir``, these settings and this metric set
+    (``EVAL_KEYS``; written when ``write``)."""
     seen_idx = [i for i in range(len(data.test)) if not data.test_unseen[i]]
     unseen_idx = [i for i in range(len(data.test)) if data.test_unseen[i]]
     weights_mtime = (model_dir / "model.safetensors").stat().st_mtime
     cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
-    if cached.get("weights_mtime") == weights_mtime and cached.get("settings") == ev:
+    if (cached.get("weights_mtime") == weights_mtime and cached.get("settings") == ev
+            and cached.get("keys") == EVAL_KEYS):
         return cached["metrics"]
     levels, stoi = ev["levels"], ev.get("stoi", False)
     seen = fixed_length(data.test, seen_idx[:ev["max_clips"]], ev["seconds"])
@@ -191,19 +196,19 @@ def score_codec(tokenizer, model_dir: Path, eval_path: Path, data: RecipeData, e
                                           prefix=f"test_unseen_{label}_")
         scores.update({k: v for k, v in per_level.items() if k.startswith(f"test_unseen_{label}_")})
     if write:
-        atomic_write_text(eval_path, json.dumps({"weights_mtime": weights_mtime, "settings": ev,
+        atomic_write_text(eval_path, json.dumps({"weights_mtime": weights_mtime, "settings": ev, "keys": EVAL_KEYS,
                                                  "metrics": scores}, indent=2) + "\n")
     return scores
 
 
 def codec_metrics(tokenizer, scores: dict, ev: dict, label: str) -> dict:
     """``bitrate_kbps``, the figures at the tokenizer's top bitrate under the plain keys
-    (``test_si_sdr``, ``test_mel_distance``, ``test_stft_distance``, ``test_stoi`` when scored,
+    (``test_si_sdr``, ``test_level_db``, ``test_mel_distance``, ``test_stft_distance``, ``test_stoi`` when scored,
     ``test_unseen_<label>_si_sdr`` when there are unseen classes), ``scores`` (:func:`score_codec`)
     and the mean ``perplexity`` / ``usage`` over levels."""
     top = f"{tokenizer.bitrate():.1f}".rstrip("0").rstrip(".").replace(".", "p") + "kbps"
     out = {"bitrate_kbps": tokenizer.bitrate(),
-           **{f"test_{k}": scores[f"test_{k}_{top}"] for k in ("si_sdr", "mel_distance", "stft_distance")}}
+           **{f"test_{k}": scores[f"test_{k}_{top}"] for k in ("si_sdr", "level_db", "mel_distance", "stft_distance")}}
     if ev.get("stoi", False):
         out["test_stoi"] = scores[f"test_stoi_{top}"]
     if f"test_unseen_{label}_si_sdr_{top}" in scores:
@@ -238,6 +243,26 @@ def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path | None
         tokenizer.config = config
         if model_dir is not None:
             tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
+    return tokenizer
+
+
+def calibrate_codec_level(tokenizer: AudioTokenizer, data: RecipeData, enabled: bool,
+                          model_dir: Path | None = None) -> AudioTokenizer:
+    """With ``enabled`` (``tokenizer.calibrate_level``), give a complex codec that has no output
+    gain yet (``output_gain`` 1) the gain that brings its decoded level back to its input's,
+    measured on the first 2 s of 32 training clips spread over the classes
+    (:meth:`AudioTokenizer.calibrate_level`; the SI-SDR term leaves the level free, and the
+    speech codec trained with it decodes about 9 dB low); saved to ``model_dir`` when given."""
+    if not enabled or tokenizer.config.phase_free or tokenizer.config.output_gain != 1.0:
+        return tokenizer
+    index = spread_over_classes(list(range(len(data.train))), data.train.labels, 32)
+    device = next(tokenizer.parameters()).device
+    gain = tokenizer.calibrate_level(fixed_length(data.train, index, 2.0).to(device))
+    tokenizer.config = dataclasses.replace(tokenizer.config, output_gain=round(gain, 4))
+    print(f"tokenizer: output gain {tokenizer.config.output_gain:g} ({20 * np.log10(gain):+.1f} dB) "
+          f"restores the input's level")
+    if model_dir is not None:
+        tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
     return tokenizer
 
 
@@ -334,6 +359,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
                                         feature_weight=adv_cfg["feature_weight"])
         tokenizer, tok_seconds = fit_tokenizer(cfg, "tokenizer", data, run_dir, device, monitor, adversary)
     tokenizer = apply_search(tokenizer.eval(), cfg["tokenizer"]["search"], tok_dir if main_rank else None)
+    tokenizer = calibrate_codec_level(tokenizer, data, cfg["tokenizer"]["calibrate_level"],
+                                      tok_dir if main_rank else None)
     print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")

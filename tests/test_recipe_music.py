@@ -95,6 +95,8 @@ def test_hybrid_that_cannot_be_joined_fails_before_training(tmp_path, load_recip
                                           "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.magnitude_weight=2"])
     with pytest.raises(ValueError, match="search_candidates 0 .greedy. or an int in .2, codebook_size., got 1"):
         load_recipe("music").main(tiny_audio_args(tmp_path) + ["tokenizer.search.candidates=1"])
+    with pytest.raises(ValueError, match="config key 'tokenizer.calibrate_level' expects true/false, got 2"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["tokenizer.calibrate_level=2"])
     assert not (tmp_path / "runs" / "smoke").exists() and not (tmp_path / "data").exists()
 
 

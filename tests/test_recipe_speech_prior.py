@@ -47,6 +47,9 @@ def test_prior_stages_write_metrics_samples_and_report(run):
     assert 0 <= on_disk["recon_class_accuracy"] <= 1 and "recon_key_consistency" not in on_disk
     assert 0 < on_disk["prior_bits_per_code"] < math.log2(64) * 1.5   # debug tokenizer: K = 64
     assert 0 <= on_disk["sample_class_accuracy"] <= 1
+    tok_cfg = json.loads((run_dir / "tokenizer" / "config.json").read_text())["config"]
+    assert tok_cfg["output_gain"] != 1.0                      # calibrated on training clips
+    assert abs(on_disk["test_level_db"]) < 3, on_disk["test_level_db"]
     prior_cfg = json.loads((run_dir / "prior" / "config.json").read_text())["config"]
     assert prior_cfg["layout"] == "delay" and prior_cfg["code_shape"] == [4, 20]   # 0.4 s at 50 Hz
     assert prior_cfg["id2label"] == {"0": "high", "1": "low", "2": "mid"}

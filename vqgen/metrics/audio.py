@@ -18,7 +18,7 @@ from ..losses import MelLoss, MultiResolutionSTFTLoss, _check_pair, stft
 from . import codebook_stats
 from .audio_classifier import _as_waves
 
-__all__ = ["si_sdr", "stft_distance", "mel_distance", "stoi", "pesq", "level_code_stats",
+__all__ = ["si_sdr", "level_db", "stft_distance", "mel_distance", "stoi", "pesq", "level_code_stats",
            "evaluate_tokenizer", "has_pesq", "chroma", "key_consistency", "MAJOR_SCALE"]
 
 MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)   # pitch classes of C major (C = 0); the 12 keys transpose it
@@ -30,6 +30,15 @@ def si_sdr(pred: torch.Tensor, target: torch.Tensor) -> float:
     from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio
     p, t = _check_pair(pred, target)
     return float(scale_invariant_signal_distortion_ratio(p, t, zero_mean=True).mean())
+
+
+@torch.no_grad()
+def level_db(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Level of ``pred`` against ``target`` in dB: ``20 log10`` of the ratio of their RMS over
+    all clips (0 = as loud; SI-SDR and STOI do not see level, a listener does)."""
+    p, t = _check_pair(pred, target)
+    ratio = p.double().square().mean().sqrt() / t.double().square().mean().sqrt().clamp(min=1e-12)
+    return float(20 * torch.log10(ratio.clamp(min=1e-12)))
 
 
 @torch.no_grad()
@@ -83,7 +92,7 @@ def evaluate_tokenizer(tokenizer: Any, waves: torch.Tensor, levels: Iterable[int
     """Encode ``waves`` ``(N, 1, T)`` (at the tokenizer's rate) and score decoding with each
     number of levels in ``levels`` (default 1, 2, 4, ... up to Q, and Q).
 
-    Keys (with ``prefix``): ``si_sdr_<kbps>kbps``, ``mel_distance_<kbps>kbps``,
+    Keys (with ``prefix``): ``si_sdr_<kbps>kbps``, ``level_db_<kbps>kbps``, ``mel_distance_<kbps>kbps``,
     ``stft_distance_<kbps>kbps``, ``stoi_<kbps>kbps`` and ``pesq_<kbps>kbps`` (when installed);
     ``<kbps>`` is the bitrate with one decimal and ``.`` -> ``p`` stripped of ``.0`` (``4kbps``,
     ``0p5kbps``). Plus per-level code statistics (no prefix) from the full-depth codes.
@@ -100,6 +109,7 @@ def evaluate_tokenizer(tokenizer: Any, waves: torch.Tensor, levels: Iterable[int
                            for c in codes.split(batch_size)])
         tag = f"{tokenizer.bitrate(n):.1f}".rstrip("0").rstrip(".").replace(".", "p") + "kbps"
         out[f"{prefix}si_sdr_{tag}"] = si_sdr(recon, waves)
+        out[f"{prefix}level_db_{tag}"] = level_db(recon, waves)
         out[f"{prefix}mel_distance_{tag}"] = mel_distance(recon, waves, tokenizer.sample_rate)
         out[f"{prefix}stft_distance_{tag}"] = stft_distance(recon, waves)
         if with_stoi:

@@ -72,7 +72,10 @@ class AudioTokenizerConfig:
     so every loss term applies unchanged and compares magnitudes only; ``decode`` recovers a
     phase by ``griffin_lim_iters`` iterations of fast Griffin-Lim). Losses:
     ``loss`` weights (:class:`vqgen.losses.AudioLossConfig`). Inference: ``chunk_seconds`` /
-    ``overlap_seconds``.
+    ``overlap_seconds``; ``search_candidates`` / ``search_passes`` (the encoder's code search,
+    :meth:`AudioTokenizer.encode`); ``output_gain`` (``decode`` multiplies its waveform by it: a
+    codec trained with a scale-invariant term such as SI-SDR has no fixed output level, and
+    :meth:`AudioTokenizer.calibrate_level` measures the gain that gives back the input's level).
     """
 
     sample_rate: int = 16000
@@ -111,6 +114,7 @@ class AudioTokenizerConfig:
     overlap_seconds: float = 1.0
     search_candidates: int = 0          # encode: analysis-by-synthesis code search (0: greedy RVQ)
     search_passes: int = 1              # encode: passes of that search over the levels
+    output_gain: float = 1.0            # decode: the waveform is multiplied by this (calibrate_level)
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str, got: Any) -> None:
@@ -159,6 +163,9 @@ class AudioTokenizerConfig:
         need(not (self.phase_free and self.search_candidates), "search_candidates 0 with phase_free "
              "(the search scores waveforms, a phase-free codec's phase is Griffin-Lim's)",
              self.search_candidates)
+        need(isinstance(self.output_gain, (int, float)) and not isinstance(self.output_gain, bool)
+             and math.isfinite(self.output_gain) and self.output_gain > 0, "output_gain a finite number > 0",
+             self.output_gain)
         need(self.chunk_seconds > 2 * self.overlap_seconds >= 0,
              "chunk_seconds > 2 * overlap_seconds >= 0", (self.chunk_seconds, self.overlap_seconds))
         if isinstance(self.loss, AudioLossConfig):
@@ -556,14 +563,33 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
             out.append(codes[:, lo - clo:hi - clo, :n])
         return torch.cat(out, 1).transpose(1, 2).contiguous()
 
+    @torch.no_grad()
     def decode(self, codes: Tensor, length: int | None = None) -> Tensor:
         """Codes ``(B, n, frames)`` with any ``1 <= n <= Q`` leading levels -> waveform
         ``(B, 1, frames * hop_length)`` at ``sample_rate`` (trimmed to ``length`` when given).
         Long code sequences are decoded in overlapping chunks crossfaded linearly."""
         c = self._prepare_codes(codes)                                   # (B, frames, n)
         wave = chunked_decode(c, self._chunks(c.shape[1]), self.hop_length, self._decode_chunk)
+        if self.config.output_gain != 1.0:
+            wave = wave * self.config.output_gain
         wave = wave[:, None]
         return wave if length is None else wave[..., :length]
+
+    @torch.no_grad()
+    def calibrate_level(self, wave: Tensor, sample_rate: int | None = None) -> float:
+        """Set ``config.output_gain`` so that ``decode(encode(wave))`` (all levels, the configured
+        encoder) comes back at ``wave``'s level: the gain is the ratio of the input's RMS to the
+        decoded RMS over all of ``wave`` ``(B, 1, T)`` (typical material, e.g. training clips).
+        Changes no weight and no code; scale-invariant scores (SI-SDR, STOI) stay as they were.
+        Returns the new gain."""
+        x = self.prepare(wave, sample_rate)                                # (B, T)
+        y = self.decode(self.encode(x), length=x.shape[-1])[:, 0] / self.config.output_gain
+        rms_in, rms_out = x.square().mean().sqrt().item(), y.square().mean().sqrt().item()
+        if not rms_in > 0 or not rms_out > 0:
+            raise ValueError(f"calibrate_level: expected clips that are not silent and decode to sound, "
+                             f"got input RMS {rms_in:.3g} and decoded RMS {rms_out:.3g}")
+        self.config = dataclasses.replace(self.config, output_gain=rms_in / rms_out)
+        return self.config.output_gain
 
     def forward(self, wave: Tensor, num_codebooks: int | None = None) -> TokenizerOutput:
         """Reconstruct ``wave`` ``(B, 1, T)`` at ``sample_rate`` through the quantizer (training
