@@ -55,6 +55,13 @@ def test_decode_composes_the_parts():
     codec_wave = phase.decode(codes[:, 1:], length=t)
     zero = HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=0.0).decode(codes, length=t)
     assert torch.allclose(zero, codec_wave, atol=1e-4)
+    # a level-calibrated phase codec (output_gain) enters the blend at its calibrated level
+    loud = audio_tokenizer_debug(output_gain=3.0).eval()
+    loud.load_state_dict(phase.state_dict())
+    zero_loud = HybridAudioTokenizer.from_parts(magnitude, loud, magnitude_weight=0.0).decode(codes, length=t)
+    assert torch.allclose(zero_loud, 3.0 * codec_wave, atol=3e-4)
+    assert not torch.allclose(HybridAudioTokenizer.from_parts(magnitude, loud).decode(codes),
+                              HybridAudioTokenizer.from_parts(magnitude, phase).decode(codes), atol=1e-3)
     one = HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=1.0).decode(codes)
     # compare in the STFT domain, where the magnitudes were set (overlap-add of an inconsistent
     # spectrum moves them somewhat, so: closer to the magnitude codec's than the phase codec's)

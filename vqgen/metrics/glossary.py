@@ -67,6 +67,15 @@ METRICS: dict[str, MetricInfo] = {
                                "lower = more compression"),
     "test_stoi": MetricInfo("0-1", "short-time objective intelligibility of reconstructed "
                             "speech", "higher is better; > 0.75 is good"),
+    "test_level_db": MetricInfo("dB", "loudness of held-out reconstructions against the input "
+                                "(RMS ratio: SI-SDR and STOI do not see it, a listener does)",
+                                "near 0; below -3 dB sounds quieter"),
+    "perplexity_min_level": MetricInfo("codes", "the smallest per-level code perplexity over the "
+                                       "residual levels", "higher is better; at most the codebook size"),
+    "prior_tokenizer_bitrate_kbps": MetricInfo("kbit/s", "bitrate of the tokenizer whose codes the "
+                                               "prior models (a phase-free codec when the run has one)"),
+    "prior_tokenizer_mel_distance": MetricInfo("L1 log-mel", "held-out log-mel distance of that "
+                                               "tokenizer's reconstructions", "lower is better"),
     "sample_mel_fd": MetricInfo("distance", "Fréchet distance of log-mel statistics, generated "
                                 "vs real audio", "lower is better; compare with train_test_mel_fd"),
     "train_test_mel_fd": MetricInfo("distance", "the same distance between real training and "
@@ -89,8 +98,33 @@ METRICS: dict[str, MetricInfo] = {
                                    "higher is better"),
     "train_token_accuracy": MetricInfo("fraction", "token accuracy on training text",
                                        "far above the test value = memorisation"),
-    "bits_per_token": MetricInfo("bits/token", "prior's held-out negative log-likelihood per "
-                                 "code frame", "lower is better"),
+    "train_exact_match": MetricInfo("fraction", "share of training texts reconstructed exactly",
+                                    "far above the test value = memorisation"),
+    "bits_per_token": MetricInfo("bits/token", "code bits per subword token at the headline "
+                                 "levels (levels x log2 codebook size / frames per token)",
+                                 "lower = more compression"),
+    "bits_per_token_effective": MetricInfo("bits/token", "the same from the held-out codes' "
+                                           "empirical entropy (what an ideal entropy coder "
+                                           "would spend)", "at most bits_per_token"),
+    "bits_per_char": MetricInfo("bits/char", "code bits per character of held-out text",
+                                "lower = more compression"),
+    "vocab_size": MetricInfo("pieces", "size of the subword vocabulary"),
+    "tokenizer_parameters": MetricInfo("parameters", "trainable parameters of the tokenizer"),
+    "sample_ngram8_overlap": MetricInfo("fraction", "share of the samples' word 8-grams found "
+                                        "in the training text", "lower = less copying"),
+    "sample_distinct_1": MetricInfo("fraction", "distinct words / all words in the samples",
+                                    "compare with heldout_distinct_1"),
+    "heldout_distinct_1": MetricInfo("fraction", "the same on real held-out text",
+                                     "the yardstick for sample_distinct_1"),
+    "heldout_distinct_2": MetricInfo("fraction", "distinct word bigrams / all bigrams in real "
+                                     "held-out text", "the yardstick for sample_distinct_2"),
+    "sample_lm_perplexity": MetricInfo("perplexity", "perplexity of the samples under a word "
+                                       "trigram model (Kneser-Ney) fitted on the training text",
+                                       "compare with heldout_lm_perplexity"),
+    "heldout_lm_perplexity": MetricInfo("perplexity", "the same for real held-out text",
+                                        "the yardstick for sample_lm_perplexity"),
+    "sample_empty_rate": MetricInfo("fraction", "share of samples that decode to empty text",
+                                    "0 is best"),
     "sample_vocab_rate": MetricInfo("fraction", "share of generated words found in the corpus "
                                     "vocabulary", "higher is better"),
     "sample_copy_rate": MetricInfo("fraction", "share of generated texts copied verbatim from "
@@ -99,15 +133,15 @@ METRICS: dict[str, MetricInfo] = {
                                     "samples", "higher = more diverse"),
     # bookkeeping
     "device": MetricInfo("", "where the run trained"),
+    "threads": MetricInfo("threads", "CPU threads torch used"),
     "train_seconds": MetricInfo("s", "wall time of the training loops (tokenizer + prior)"),
     "total_seconds": MetricInfo("s", "wall time of the whole recipe, data to report"),
 }
 
 # (pattern, info) for families of keys; the first match wins.
 _PATTERNS: list[tuple[re.Pattern, MetricInfo]] = [
-    (re.compile(r"test_si_sdr_([\d.]+)kbps"),
-     MetricInfo("dB", "SI-SDR of held-out reconstructions using only the codebook levels that "
-                "fit {0} kbit/s", "higher is better")),
+    (re.compile(r"(perplexity|usage)_level_?(\d+)"),
+     MetricInfo("", "{0} of residual level {1}'s codes on held-out data (see perplexity, usage)")),
     (re.compile(r".*_seconds"), MetricInfo("s", "wall time")),
     (re.compile(r".*_accuracy"), MetricInfo("fraction", "share of correct predictions",
                                             "higher is better")),
@@ -119,11 +153,34 @@ _PATTERNS: list[tuple[re.Pattern, MetricInfo]] = [
 ]
 
 
+_CODEC = re.compile(r"codec_(.+)")                                  # the complex codec of a hybrid run
+_UNSEEN = re.compile(r"test_unseen_([a-z]+)_(.+)")                  # classes held out of training
+_BITRATE = re.compile(r"(.+)_(\d+(?:[.p]\d+)?)kbps")                # levels that fit a bitrate
+_TOKEN_BITS = re.compile(r"(.+)_(\d+(?:\.\d+)?)bpt")                 # text: levels of N bits/token
+
+
+def _qualified(inner: str, words: str) -> MetricInfo:
+    """``inner``'s info with ``words`` added to its meaning (undocumented stays undocumented)."""
+    base = describe_metric(inner)
+    return base if base.meaning.startswith("not documented") else base._replace(meaning=f"{base.meaning}, {words}")
+
+
 def describe_metric(key: str) -> MetricInfo:
-    """The :class:`MetricInfo` of ``key``: from :data:`METRICS`, else from a known key family,
+    """The :class:`MetricInfo` of ``key``: from :data:`METRICS`, else from a known key family
+    (audio keys compose: ``codec_`` + ``test_unseen_<label>_`` + metric + ``_<kbps>kbps``;
+    text: metric + ``_<bits>bpt``),
     else ``MetricInfo("", "not documented")``. Never raises."""
+    key = str(key)
     if key in METRICS:
         return METRICS[key]
+    if match := _CODEC.fullmatch(key):
+        return _qualified(match[1], "of the run's complex codec alone (the plain keys are the hybrid codec's)")
+    if match := _UNSEEN.fullmatch(key):
+        return _qualified("test_" + match[2], f"on held-out clips of {match[1]}s never seen in training")
+    if match := _BITRATE.fullmatch(key):
+        return _qualified(match[1], f"using only the codebook levels that fit {match[2].replace('p', '.')} kbit/s")
+    if match := _TOKEN_BITS.fullmatch(key):
+        return _qualified(match[1], f"with the code levels that make {match[2]} bits per token")
     for pattern, info in _PATTERNS:
         match = pattern.fullmatch(str(key))
         if match:

@@ -510,8 +510,9 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
         return zq
 
     def _decode_chunk(self, codes: Tensor) -> Tensor:
-        """``(B, frames, n)`` -> ``(B, frames * hop_length)``."""
-        return self._synth(self._quantized(codes))
+        """``(B, frames, n)`` -> ``(B, frames * hop_length)`` (times ``output_gain``)."""
+        wave = self._synth(self._quantized(codes))
+        return wave if self.config.output_gain == 1.0 else wave * self.config.output_gain
 
     def decoded_magnitudes(self, codes: Tensor) -> Tensor:
         """Channel-last codes ``(B, frames, n)`` -> the compressed magnitude spectrum ``(B, F,
@@ -570,8 +571,6 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
         Long code sequences are decoded in overlapping chunks crossfaded linearly."""
         c = self._prepare_codes(codes)                                   # (B, frames, n)
         wave = chunked_decode(c, self._chunks(c.shape[1]), self.hop_length, self._decode_chunk)
-        if self.config.output_gain != 1.0:
-            wave = wave * self.config.output_gain
         wave = wave[:, None]
         return wave if length is None else wave[..., :length]
 

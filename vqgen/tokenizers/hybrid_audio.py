@@ -16,7 +16,8 @@ STFT window, compression and codebook size, so one frame of codes covers the sam
 Decoding ``n <= m`` levels is the magnitude tokenizer's own decode (Griffin-Lim phase); with
 ``n > m`` the phase tokenizer decodes its ``n - m`` levels, its waveform is re-analysed (a
 consistent phase) and every bin takes that phase with the magnitude ``w * M + (1 - w) * C``
-(compressed domain: ``M`` the magnitude tokenizer's, ``C`` the phase tokenizer's own, ``w`` =
+(compressed domain: ``M`` the magnitude tokenizer's, ``C`` the phase tokenizer's own at its
+``output_gain``, so a level-calibrated phase codec blends in at the input's level; ``w`` =
 ``magnitude_weight``). The two parts are trained apart (the audio recipes' ``tokenizer`` and
 ``prior_tokenizer``) and joined with :meth:`HybridAudioTokenizer.from_parts`; ``forward`` (the
 training entry point) is not available.
