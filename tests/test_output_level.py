@@ -60,3 +60,17 @@ def test_calibrating_on_silence_raises():
 def test_bad_output_gain_raises(bad):
     with pytest.raises(ValueError, match="output_gain"):
         audio_tokenizer_debug(output_gain=bad)
+
+
+def test_gain_applies_to_decoded_magnitudes_too():
+    """A phase-free codec's magnitudes (what the hybrid blends) follow its output gain:
+    compressed magnitudes scale by ``gain ** power``, as the decoded waveform scales by ``gain``."""
+    torch.manual_seed(0)
+    plain = audio_tokenizer_debug(phase_free=True, num_codebooks=1, griffin_lim_iters=2).eval()
+    loud = audio_tokenizer_debug(phase_free=True, num_codebooks=1, griffin_lim_iters=2, output_gain=2.0).eval()
+    loud.load_state_dict(plain.state_dict())
+    x = tones(3200, 2)
+    codes = plain.encode(x)
+    torch.testing.assert_close(loud.decoded_magnitudes(codes.transpose(1, 2)),
+                               plain.decoded_magnitudes(codes.transpose(1, 2)) * 2.0 ** plain.config.power)
+    torch.testing.assert_close(loud.decode(codes), 2.0 * plain.decode(codes))

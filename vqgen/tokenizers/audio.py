@@ -516,9 +516,10 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
 
     def decoded_magnitudes(self, codes: Tensor) -> Tensor:
         """Channel-last codes ``(B, frames, n)`` -> the compressed magnitude spectrum ``(B, F,
-        frames)`` the decoder predicts (of a ``phase_free`` codec: what Griffin-Lim is given)."""
+        frames)`` the decoder predicts (of a ``phase_free`` codec: what Griffin-Lim is given), at
+        ``output_gain`` (compressed: times ``output_gain ** power``)."""
         spec = self.decoder(self._quantized(codes).to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
-        return stacked_magnitude(spec.float(), 1e-12)
+        return stacked_magnitude(spec.float(), 1e-12) * self.config.output_gain ** self.config.power
 
     def _chunks(self, frames: int) -> list[tuple[int, int, int, int]]:
         """Split ``frames`` into ``(lo, hi, ctx_lo, ctx_hi)``: kept frames ``[lo, hi)`` computed
