@@ -280,7 +280,8 @@ def check_codec(cfg: dict) -> None:
         raise ValueError("hybrid.enabled: expected prior_tokenizer.enabled true (its codes are the "
                          "hybrid's magnitude levels), got false")
     HybridAudioTokenizerConfig(magnitude=dict(vars(build_tokenizer(cfg, "prior_tokenizer").config)),
-                               phase=dict(vars(codec.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"])
+                               phase=dict(vars(codec.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"],
+                               blend=cfg["hybrid"]["blend"], envelope_bins=cfg["hybrid"]["envelope_bins"])
 
 
 def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
@@ -417,7 +418,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     hy = cfg["hybrid"]
     if hy["enabled"] and main_rank:  # 3c. the hybrid codec (check_codec): the prior tokenizer's
         # magnitude code + the codec's leading levels
-        hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"])
+        hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"],
+                                                 blend=hy["blend"], envelope_bins=hy["envelope_bins"])
         hybrid_dir = hybrid.save_pretrained(run_dir / "hybrid_tokenizer")
         scores = score_codec(hybrid, hybrid_dir, run_dir / "hybrid_tokenizer_eval.json", data, ev, label, True)
         # the hybrid is the run's codec now: its figures under the plain keys, the codec's as codec_*

@@ -77,12 +77,47 @@ def test_decode_composes_the_parts():
                               HybridAudioTokenizer.from_parts(magnitude, phase).decode(codes))
 
 
+def test_envelope_blend():
+    """blend="envelope": the phase codec's magnitudes times the ratio of the two smoothed power
+    spectra to the power w. Weight 0 gives back the phase codec's wave; 0 bins and weight 1 put
+    the magnitude code's magnitudes on every bin (as the linear blend at weight 1 does); with
+    smoothing, the output's envelope follows the magnitude code while its fine structure stays
+    the phase codec's."""
+    magnitude, phase = parts()
+    x = wave()
+    codes = HybridAudioTokenizer.from_parts(magnitude, phase).encode(x)
+    t = x.shape[-1]
+
+    def decode(**kw):
+        return HybridAudioTokenizer.from_parts(magnitude, phase, blend="envelope", **kw).decode(codes, length=t)
+
+    assert torch.allclose(decode(magnitude_weight=0.0), phase.decode(codes[:, 1:], length=t), atol=1e-4)
+    linear_one = HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=1.0).decode(codes, length=t)
+    assert torch.allclose(decode(magnitude_weight=1.0, envelope_bins=0), linear_one, atol=1e-4)
+    smooth = decode(magnitude_weight=1.0, envelope_bins=3)
+    assert not torch.allclose(smooth, linear_one, atol=1e-3)
+    from vqgen.tokenizers.hybrid_audio import _smooth_bins
+    with torch.no_grad():
+        power = 2.0 / phase.config.power
+        want = _smooth_bins(magnitude.decoded_magnitudes(codes[:, :1].transpose(1, 2)).pow(power), 3)
+        got = _smooth_bins(stacked_magnitude(phase.spectral(smooth[:, 0]), 1e-12).pow(power), 3)
+        own = _smooth_bins(stacked_magnitude(phase.spectral(phase.decode(codes[:, 1:])[:, 0]), 1e-12).pow(power), 3)
+    assert (got.log() - want.log()).abs().mean() < 0.8 * (own.log() - want.log()).abs().mean()
+    assert torch.allclose(_smooth_bins(torch.ones(1, 9, 2), 3), torch.ones(1, 9, 2))   # a flat spectrum stays
+    spike = torch.zeros(1, 9, 1)
+    spike[0, 4] = 1.0
+    assert torch.allclose(_smooth_bins(spike, 1)[0, 3:6, 0], torch.tensor([0.25, 0.5, 0.25]))
+
+
 def test_save_load_round_trip_and_files(tmp_path):
     magnitude, phase = parts()
     hybrid = HybridAudioTokenizer.from_parts(magnitude, phase, phase_levels=2, magnitude_weight=0.5)
     loaded = load_model(hybrid.save_pretrained(tmp_path / "hybrid")).eval()
     assert isinstance(loaded, HybridAudioTokenizer) and loaded.num_codebooks == 3
-    assert loaded.config.magnitude_weight == 0.5
+    assert loaded.config.magnitude_weight == 0.5 and loaded.config.blend == "linear"
+    env = load_model(HybridAudioTokenizer.from_parts(magnitude, phase, blend="envelope", envelope_bins=2)
+                     .save_pretrained(tmp_path / "env")).eval()
+    assert (env.config.blend, env.config.envelope_bins) == ("envelope", 2)
     x = wave(n=1)
     codes = hybrid.encode(x)
     assert torch.equal(loaded.encode(x), codes)
@@ -117,6 +152,10 @@ def test_bad_configs_and_inputs_raise():
         HybridAudioTokenizer.from_parts(magnitude, phase, phase_levels=5)
     with pytest.raises(ValueError, match=r"magnitude_weight: expected a number in \[0, 1\], got 1.5"):
         HybridAudioTokenizer.from_parts(magnitude, phase, magnitude_weight=1.5)
+    with pytest.raises(ValueError, match="blend: expected 'linear' or 'envelope', got 'mean'"):
+        HybridAudioTokenizer.from_parts(magnitude, phase, blend="mean")
+    with pytest.raises(ValueError, match="envelope_bins: expected an int >= 0, got -1"):
+        HybridAudioTokenizer.from_parts(magnitude, phase, envelope_bins=-1)
     with pytest.raises(ValueError, match="expected an AudioTokenizer as phase"):
         HybridAudioTokenizer.from_parts(magnitude, "codec")
     with pytest.raises(ValueError, match="expected the fields of an AudioTokenizerConfig"):

@@ -93,6 +93,9 @@ def test_hybrid_that_cannot_be_joined_fails_before_training(tmp_path, load_recip
     with pytest.raises(ValueError, match=r"magnitude_weight: expected a number in \[0, 1\], got 2"):
         load_recipe("music").main(argv + ["prior_tokenizer.enabled=true", "prior_tokenizer.overrides.n_fft=320",
                                           "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.magnitude_weight=2"])
+    with pytest.raises(ValueError, match="blend: expected 'linear' or 'envelope', got 'mean'"):
+        load_recipe("music").main(argv + ["prior_tokenizer.enabled=true", "prior_tokenizer.overrides.n_fft=320",
+                                          "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.blend=mean"])
     with pytest.raises(ValueError, match="search_candidates 0 .greedy. or an int in .2, codebook_size., got 1"):
         load_recipe("music").main(tiny_audio_args(tmp_path) + ["tokenizer.search.candidates=1"])
     with pytest.raises(ValueError, match="config key 'tokenizer.calibrate_level' expects true/false, got 2"):
@@ -128,6 +131,7 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
     assert metrics["test_si_sdr_0p6kbps"] == hybrid_eval["test_si_sdr_0p6kbps"]
     hybrid = load_model(run_dir / "hybrid_tokenizer")
     assert type(hybrid).__name__ == "HybridAudioTokenizer"
+    assert (hybrid.config.blend, hybrid.config.envelope_bins) == ("envelope", 4)     # the recipes' default
     # the codec as scored: its encoder searches (saved in its config); the hybrid's phase codes stay greedy
     codec = load_model(run_dir / "tokenizer")
     assert codec.config.search_candidates == 3 and hybrid.phase.config.search_candidates == 3

@@ -15,10 +15,17 @@ the first ``p = phase_levels`` levels of the phase tokenizer; both share the sam
 STFT window, compression and codebook size, so one frame of codes covers the same samples.
 Decoding ``n <= m`` levels is the magnitude tokenizer's own decode (Griffin-Lim phase); with
 ``n > m`` the phase tokenizer decodes its ``n - m`` levels, its waveform is re-analysed (a
-consistent phase) and every bin takes that phase with the magnitude ``w * M + (1 - w) * C``
-(compressed domain: ``M`` the magnitude tokenizer's, ``C`` the phase tokenizer's own at its
-``output_gain``, so a level-calibrated phase codec blends in at the input's level; ``w`` =
-``magnitude_weight``). The two parts are trained apart (the audio recipes' ``tokenizer`` and
+consistent phase) and every bin takes that phase with a blend of ``M``, the magnitude tokenizer's
+magnitudes, and ``C``, the phase tokenizer's own (at its ``output_gain``, so a level-calibrated
+phase codec blends in at the input's level; ``w`` = ``magnitude_weight``):
+
+- ``blend="linear"``: ``w * M + (1 - w) * C`` in the compressed domain, bin by bin;
+- ``blend="envelope"``: ``C * (E(M) / E(C)) ** w``, ``E`` the power spectrum smoothed over
+  ``envelope_bins`` bins either side: the phase codec's fine structure (its harmonics sit where
+  its phase has them) under the magnitude code's spectral envelope. Measured on the speech full
+  preset's codecs (benchmarks/RESULTS.md), at ``w`` 0.75 and 4 bins: +0.7 dB SI-SDR over the
+  linear blend at the same STOI, most of it on high voices, whose widely spaced harmonics the
+  bin-by-bin blend smears. The two parts are trained apart (the audio recipes' ``tokenizer`` and
 ``prior_tokenizer``) and joined with :meth:`HybridAudioTokenizer.from_parts`; ``forward`` (the
 training entry point) is not available.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import stacked_magnitude
@@ -41,12 +49,15 @@ class HybridAudioTokenizerConfig:
     ``phase_free``, the second not; equal ``sample_rate``, ``stft_hop``, ``frame_downsample``,
     ``n_fft``, ``power`` and ``codebook_size``); ``phase_levels`` (None: the phase tokenizer's
     levels less the magnitude tokenizer's, so the hybrid's top bitrate is the phase
-    tokenizer's); ``magnitude_weight`` in [0, 1]."""
+    tokenizer's); ``magnitude_weight`` in [0, 1]; ``blend`` ``"linear"`` or ``"envelope"`` and
+    ``envelope_bins`` an int >= 0 (module docstring)."""
 
     magnitude: dict = field(default_factory=dict)
     phase: dict = field(default_factory=dict)
     phase_levels: int | None = None
     magnitude_weight: float = 0.75
+    blend: str = "linear"           # "linear" | "envelope" (module docstring)
+    envelope_bins: int = 4          # "envelope": smoothing half-width in STFT bins
 
     def __post_init__(self) -> None:
         for name in ("magnitude", "phase"):
@@ -74,10 +85,26 @@ class HybridAudioTokenizerConfig:
         w = self.magnitude_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
             raise ValueError(f"HybridAudioTokenizerConfig.magnitude_weight: expected a number in [0, 1], got {w!r}")
+        if self.blend not in ("linear", "envelope"):
+            raise ValueError(f"HybridAudioTokenizerConfig.blend: expected 'linear' or 'envelope', got {self.blend!r}")
+        e = self.envelope_bins
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise ValueError(f"HybridAudioTokenizerConfig.envelope_bins: expected an int >= 0, got {e!r}")
 
     def parts(self) -> tuple[AudioTokenizerConfig, AudioTokenizerConfig]:
         return (build_config(AudioTokenizerConfig, self.magnitude),
                 build_config(AudioTokenizerConfig, self.phase))
+
+
+def _smooth_bins(power: Tensor, bins: int) -> Tensor:
+    """``(B, F, N)`` smoothed over ``F`` with a triangular window reaching ``bins`` bins either
+    side (edges replicated; ``bins`` 0: unchanged)."""
+    if bins == 0:
+        return power
+    kernel = torch.cat([torch.arange(1, bins + 2), torch.arange(bins, 0, -1)]).to(power)
+    b, f, n = power.shape
+    rows = F.pad(power.transpose(1, 2).reshape(b * n, 1, f), (bins, bins), mode="replicate")
+    return F.conv1d(rows, (kernel / kernel.sum()).view(1, 1, -1)).view(b, n, f).transpose(1, 2)
 
 
 class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
@@ -98,14 +125,16 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
 
     @classmethod
     def from_parts(cls, magnitude: AudioTokenizer, phase: AudioTokenizer, phase_levels: int | None = None,
-                   magnitude_weight: float = 0.75) -> "HybridAudioTokenizer":
+                   magnitude_weight: float = 0.75, blend: str = "linear",
+                   envelope_bins: int = 4) -> "HybridAudioTokenizer":
         """Join two trained tokenizers (their weights are copied)."""
         for name, part in (("magnitude", magnitude), ("phase", phase)):
             if not isinstance(part, AudioTokenizer):
                 raise ValueError(f"from_parts: expected an AudioTokenizer as {name}, got {type(part).__name__}")
         model = cls(HybridAudioTokenizerConfig(magnitude=dict(vars(magnitude.config)),
                                                phase=dict(vars(phase.config)), phase_levels=phase_levels,
-                                               magnitude_weight=magnitude_weight))
+                                               magnitude_weight=magnitude_weight, blend=blend,
+                                               envelope_bins=envelope_bins))
         model.magnitude.load_state_dict(magnitude.state_dict())
         model.phase.load_state_dict(phase.state_dict())
         return model.to(next(phase.parameters()).device).eval()
@@ -162,9 +191,15 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
         m = self.magnitude_levels
         spectral = self.phase.spectral
         spec = spectral(self.phase._decode_chunk(codes[..., m:]))         # re-analysed: (B, 2F, N)
-        w = self.config.magnitude_weight
-        magnitude = (w * self.magnitude.decoded_magnitudes(codes[..., :m])
-                     + (1 - w) * stacked_magnitude(spec, 1e-12))
+        w, own = self.config.magnitude_weight, stacked_magnitude(spec, 1e-12)
+        coded = self.magnitude.decoded_magnitudes(codes[..., :m])
+        if self.config.blend == "linear":
+            magnitude = w * coded + (1 - w) * own
+        else:  # the codec's fine structure under the magnitude code's envelope (power domain)
+            to_power, bins = 2.0 / self.phase.config.power, self.config.envelope_bins
+            ratio = (_smooth_bins(coded.pow(to_power), bins)
+                     / _smooth_bins(own.pow(to_power), bins).clamp(min=1e-12))
+            magnitude = own * ratio.pow(w / to_power)
         return spectral.inverse(_with_phase(magnitude, spec))
 
     @torch.no_grad()
