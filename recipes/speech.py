@@ -266,6 +266,13 @@ def calibrate_codec_level(tokenizer: AudioTokenizer, data: RecipeData, enabled: 
     return tokenizer
 
 
+def hybrid_search(search: dict) -> dict:
+    """``hybrid.search`` (``{candidates, passes}``) as :class:`HybridAudioTokenizerConfig` fields."""
+    if not isinstance(search, dict) or set(search) != {"candidates", "passes"}:
+        raise ValueError(f"hybrid.search: expected {{candidates: int, passes: int}}, got {search!r}")
+    return {"search_candidates": search["candidates"], "search_passes": search["passes"]}
+
+
 def check_codec(cfg: dict) -> None:
     """Fail before any training when the codec's settings cannot work: ``tokenizer.search``
     must be a valid code search for it, and with ``hybrid.enabled`` the hybrid must be joinable:
@@ -281,7 +288,8 @@ def check_codec(cfg: dict) -> None:
                          "hybrid's magnitude levels), got false")
     HybridAudioTokenizerConfig(magnitude=dict(vars(build_tokenizer(cfg, "prior_tokenizer").config)),
                                phase=dict(vars(codec.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"],
-                               blend=cfg["hybrid"]["blend"], envelope_bins=cfg["hybrid"]["envelope_bins"])
+                               blend=cfg["hybrid"]["blend"], envelope_bins=cfg["hybrid"]["envelope_bins"],
+                               **hybrid_search(cfg["hybrid"]["search"]))
 
 
 def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
@@ -419,7 +427,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     if hy["enabled"] and main_rank:  # 3c. the hybrid codec (check_codec): the prior tokenizer's
         # magnitude code + the codec's leading levels
         hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"],
-                                                 blend=hy["blend"], envelope_bins=hy["envelope_bins"])
+                                                 blend=hy["blend"], envelope_bins=hy["envelope_bins"],
+                                                 **hybrid_search(hy["search"]))
         hybrid_dir = hybrid.save_pretrained(run_dir / "hybrid_tokenizer")
         scores = score_codec(hybrid, hybrid_dir, run_dir / "hybrid_tokenizer_eval.json", data, ev, label, True)
         # the hybrid is the run's codec now: its figures under the plain keys, the codec's as codec_*

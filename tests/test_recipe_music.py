@@ -93,6 +93,9 @@ def test_hybrid_that_cannot_be_joined_fails_before_training(tmp_path, load_recip
     with pytest.raises(ValueError, match=r"magnitude_weight: expected a number in \[0, 1\], got 2"):
         load_recipe("music").main(argv + ["prior_tokenizer.enabled=true", "prior_tokenizer.overrides.n_fft=320",
                                           "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.magnitude_weight=2"])
+    with pytest.raises(ValueError, match=r"search_candidates: expected 0 \(greedy\) or an int in \[2, \d+\], got 1"):
+        load_recipe("music").main(argv + ["prior_tokenizer.enabled=true", "prior_tokenizer.overrides.n_fft=320",
+                                          "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.search.candidates=1"])
     with pytest.raises(ValueError, match="blend: expected 'linear' or 'envelope', got 'mean'"):
         load_recipe("music").main(argv + ["prior_tokenizer.enabled=true", "prior_tokenizer.overrides.n_fft=320",
                                           "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.blend=mean"])
@@ -119,7 +122,7 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
         "prior_tokenizer_train.steps=4", "prior_tokenizer_train.batch_size=4",
         "prior_tokenizer_train.warmup_steps=1", "prior_tokenizer_train.eval_every=0",
         "prior_tokenizer.overrides.n_fft=320", "hybrid.enabled=true",             # the codec's STFT
-        "tokenizer.search.candidates=3"]
+        "tokenizer.search.candidates=3", "hybrid.search.candidates=2"]
     metrics = load_recipe("music").main(argv)
     run_dir = tmp_path / "runs" / "smoke"
     assert metrics["prior_tokenizer_bitrate_kbps"] == pytest.approx(0.3)      # 1 level x 64 at 50 Hz
@@ -132,11 +135,13 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
     hybrid = load_model(run_dir / "hybrid_tokenizer")
     assert type(hybrid).__name__ == "HybridAudioTokenizer"
     assert (hybrid.config.blend, hybrid.config.envelope_bins) == ("envelope", 4)     # the recipes' default
-    # the codec as scored: its encoder searches (saved in its config); the hybrid's phase codes stay greedy
+    # the codec as scored: its encoder searches (saved in its config); so does the hybrid's, over
+    # its phase levels against its own decode (hybrid.search), from the codec's greedy codes
     codec = load_model(run_dir / "tokenizer")
-    assert codec.config.search_candidates == 3 and hybrid.phase.config.search_candidates == 3
+    assert codec.config.search_candidates == 3 and hybrid.config.search_candidates == 2
     clip = torch.randn(1, 1, 3200) * 0.1
-    assert torch.equal(hybrid.encode(clip)[:, 1:], codec.encode(clip, search=0)[:, :3])
+    assert torch.equal(hybrid.encode(clip, search=0)[:, 1:], codec.encode(clip, search=0)[:, :3])
+    assert torch.equal(hybrid.encode(clip)[:, :2], hybrid.encode(clip, search=0)[:, :2])
     assert sorted((run_dir / "samples").glob("recon_0_*_1p2kbps_hybrid.wav"))
     assert math.isfinite(metrics["prior_tokenizer_mel_distance"])
     prior_cfg = json.loads((run_dir / "prior" / "config.json").read_text())["config"]

@@ -552,16 +552,26 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
             search = self.config.search_candidates
         else:  # the config's rule (ValueError naming search_candidates)
             search = dataclasses.replace(self.config, search_candidates=search).search_candidates
-        x = self._pad(self.prepare(wave, sample_rate, downmix))
+        return self._encode(self._pad(self.prepare(wave, sample_rate, downmix)), n, search,
+                            self.config.search_passes)
+
+    def _encode(self, x: Tensor, n: int, search: int, passes: int,
+                decoder: Callable[[int, int], Callable[[Tensor], Tensor]] | None = None) -> Tensor:
+        """Padded waves ``(B, T)`` -> codes ``(B, n, T / hop_length)``, chunk by chunk, with the
+        code search of ``search`` candidates and ``passes`` passes when ``search``. The search
+        scores :meth:`_decode_chunk` of all levels; with ``decoder`` it scores
+        ``decoder(ctx_lo, ctx_hi)`` (the decode of a chunk's frames from its first ``n`` levels,
+        e.g. the hybrid tokenizer's) and searches only those ``n`` levels."""
         hop, out = self.hop_length, []
         for lo, hi, clo, chi in self._chunks(x.shape[-1] // hop):
             chunk = x[:, clo * hop:chi * hop]
             z, lead = self._latents(self.spectral(chunk))
             codes = self.quantizer.encode(z, lead)                                  # (B, f, Q)
             if search:
-                codes = search_codes(self.quantizer, self._decode_chunk, chunk, z if lead is None else z + lead,
-                                     codes, search, self.config.search_passes,
-                                     first_level=max(1, self.config.magnitude_levels))
+                decode = self._decode_chunk if decoder is None else decoder(clo, chi)
+                codes = codes if decoder is None else codes[..., :n].contiguous()
+                codes = search_codes(self.quantizer, decode, chunk, z if lead is None else z + lead, codes,
+                                     search, passes, first_level=max(1, self.config.magnitude_levels))
             out.append(codes[:, lo - clo:hi - clo, :n])
         return torch.cat(out, 1).transpose(1, 2).contiguous()
 

@@ -31,6 +31,7 @@ training entry point) is not available.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -50,7 +51,9 @@ class HybridAudioTokenizerConfig:
     ``n_fft``, ``power`` and ``codebook_size``); ``phase_levels`` (None: the phase tokenizer's
     levels less the magnitude tokenizer's, so the hybrid's top bitrate is the phase
     tokenizer's); ``magnitude_weight`` in [0, 1]; ``blend`` ``"linear"`` or ``"envelope"`` and
-    ``envelope_bins`` an int >= 0 (module docstring)."""
+    ``envelope_bins`` an int >= 0 (module docstring); ``search_candidates`` (0 or 2 ..
+    ``codebook_size``) / ``search_passes``: the encoder's code search over the phase levels,
+    scored on this tokenizer's own decode (:meth:`HybridAudioTokenizer.encode`)."""
 
     magnitude: dict = field(default_factory=dict)
     phase: dict = field(default_factory=dict)
@@ -58,6 +61,8 @@ class HybridAudioTokenizerConfig:
     magnitude_weight: float = 0.75
     blend: str = "linear"           # "linear" | "envelope" (module docstring)
     envelope_bins: int = 4          # "envelope": smoothing half-width in STFT bins
+    search_candidates: int = 0      # encode: the code search over the phase levels (0: greedy)
+    search_passes: int = 1
 
     def __post_init__(self) -> None:
         for name in ("magnitude", "phase"):
@@ -90,6 +95,13 @@ class HybridAudioTokenizerConfig:
         e = self.envelope_bins
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise ValueError(f"HybridAudioTokenizerConfig.envelope_bins: expected an int >= 0, got {e!r}")
+        k, size = self.search_candidates, phase.codebook_size
+        if isinstance(k, bool) or not isinstance(k, int) or not (k == 0 or 2 <= k <= size):
+            raise ValueError(f"HybridAudioTokenizerConfig.search_candidates: expected 0 (greedy) or an int in "
+                             f"[2, {size}], got {k!r}")
+        if isinstance(self.search_passes, bool) or not isinstance(self.search_passes, int) or self.search_passes < 1:
+            raise ValueError(f"HybridAudioTokenizerConfig.search_passes: expected a positive int, "
+                             f"got {self.search_passes!r}")
 
     def parts(self) -> tuple[AudioTokenizerConfig, AudioTokenizerConfig]:
         return (build_config(AudioTokenizerConfig, self.magnitude),
@@ -125,8 +137,8 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
 
     @classmethod
     def from_parts(cls, magnitude: AudioTokenizer, phase: AudioTokenizer, phase_levels: int | None = None,
-                   magnitude_weight: float = 0.75, blend: str = "linear",
-                   envelope_bins: int = 4) -> "HybridAudioTokenizer":
+                   magnitude_weight: float = 0.75, blend: str = "linear", envelope_bins: int = 4,
+                   search_candidates: int = 0, search_passes: int = 1) -> "HybridAudioTokenizer":
         """Join two trained tokenizers (their weights are copied)."""
         for name, part in (("magnitude", magnitude), ("phase", phase)):
             if not isinstance(part, AudioTokenizer):
@@ -134,7 +146,8 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
         model = cls(HybridAudioTokenizerConfig(magnitude=dict(vars(magnitude.config)),
                                                phase=dict(vars(phase.config)), phase_levels=phase_levels,
                                                magnitude_weight=magnitude_weight, blend=blend,
-                                               envelope_bins=envelope_bins))
+                                               envelope_bins=envelope_bins, search_candidates=search_candidates,
+                                               search_passes=search_passes))
         model.magnitude.load_state_dict(magnitude.state_dict())
         model.phase.load_state_dict(phase.state_dict())
         return model.to(next(phase.parameters()).device).eval()
@@ -174,25 +187,42 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
     # ----------------------------------------------------------------------- API
     @torch.no_grad()
     def encode(self, wave: Tensor, sample_rate: int | None = None, num_codebooks: int | None = None,
-               downmix: bool = False) -> Tensor:
+               downmix: bool = False, search: int | None = None) -> Tensor:
         """Waveform ``(B, 1, T)`` / ``(B, T)`` -> codes ``(B, n, ceil(T' / hop_length))``: the
-        magnitude levels first, then the phase levels (``n = num_codebooks``, default all). The
-        phase levels are the codec's greedy codes: its code search (``search_candidates``)
-        scores the codec's own decode, not this blend, so it is not run here."""
+        magnitude levels first, then the phase levels (``n = num_codebooks``, default all).
+        ``search`` (default ``config.search_candidates``): 0 takes the codec's greedy codes as the
+        phase levels; ``k >= 2`` refines the phase levels after the first with the code search
+        (:mod:`vqgen.tokenizers.code_search`, ``config.search_passes`` passes), scored on this
+        tokenizer's own decode (the blend), not the codec's, with the magnitude code fixed."""
         n, m = self._levels(num_codebooks), self.magnitude_levels
+        if search is None:
+            search = self.config.search_candidates
+        else:  # the config's rule (ValueError naming search_candidates)
+            search = dataclasses.replace(self.config, search_candidates=search).search_candidates
         x = self.magnitude.prepare(wave, sample_rate, downmix)          # (B, T) at sample_rate
         codes = self.magnitude.encode(x)
         if n > m:
-            codes = torch.cat([codes, self.phase.encode(x, num_codebooks=n - m, search=0)], dim=1)
+            channel_last = codes.transpose(1, 2)
+
+            def decoder(lo: int, hi: int):                   # the blend of a chunk, magnitudes fixed
+                coded = self.magnitude.decoded_magnitudes(channel_last[:, lo:hi])
+                return lambda phase_codes: self._blend(phase_codes, coded)
+
+            phase = self.phase._encode(self.phase._pad(x), n - m, search, self.config.search_passes, decoder)
+            codes = torch.cat([codes, phase], dim=1)
         return codes[:, :n]
 
     def _decode_chunk(self, codes: Tensor) -> Tensor:
         """Channel-last ``(B, frames, n)``, ``n > m`` -> ``(B, frames * hop_length)``."""
         m = self.magnitude_levels
+        return self._blend(codes[..., m:], self.magnitude.decoded_magnitudes(codes[..., :m]))
+
+    def _blend(self, phase_codes: Tensor, coded: Tensor) -> Tensor:
+        """Channel-last phase codes ``(B, frames, p)`` and the magnitude code's compressed
+        magnitudes ``(B, F, frames)`` -> ``(B, frames * hop_length)`` (module docstring)."""
         spectral = self.phase.spectral
-        spec = spectral(self.phase._decode_chunk(codes[..., m:]))         # re-analysed: (B, 2F, N)
+        spec = spectral(self.phase._decode_chunk(phase_codes))             # re-analysed: (B, 2F, N)
         w, own = self.config.magnitude_weight, stacked_magnitude(spec, 1e-12)
-        coded = self.magnitude.decoded_magnitudes(codes[..., :m])
         if self.config.blend == "linear":
             magnitude = w * coded + (1 - w) * own
         else:  # the codec's fine structure under the magnitude code's envelope (power domain)
