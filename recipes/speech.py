@@ -230,15 +230,20 @@ def build_tokenizer(cfg: dict, component: str) -> AudioTokenizer:
     return preset(**section["overrides"])
 
 
+def search_fields(search: dict, key: str) -> dict:
+    """A recipe's code search section ``key`` (``{candidates, passes}``) as the config fields
+    ``search_candidates`` / ``search_passes`` (of the codec or the hybrid)."""
+    if not isinstance(search, dict) or set(search) != {"candidates", "passes"}:
+        raise ValueError(f"{key}: expected {{candidates: int, passes: int}}, got {search!r}")
+    return {"search_candidates": search["candidates"], "search_passes": search["passes"]}
+
+
 def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path | None = None) -> AudioTokenizer:
     """Give the trained codec ``tokenizer`` the encoder's code search of ``search``
     (``candidates``, ``passes``: :mod:`vqgen.tokenizers.code_search`; candidates 0 = greedy) and,
     when that changes its config and ``model_dir`` is given, save it again there (same weights
     and train step), so the run's tokenizer encodes as it was scored."""
-    if not isinstance(search, dict) or set(search) != {"candidates", "passes"}:
-        raise ValueError(f"tokenizer.search: expected {{candidates: int, passes: int}}, got {search!r}")
-    config = dataclasses.replace(tokenizer.config, search_candidates=search["candidates"],
-                                 search_passes=search["passes"])
+    config = dataclasses.replace(tokenizer.config, **search_fields(search, "tokenizer.search"))
     if config != tokenizer.config:
         tokenizer.config = config
         if model_dir is not None:
@@ -266,11 +271,6 @@ def calibrate_codec_level(tokenizer: AudioTokenizer, data: RecipeData, enabled: 
     return tokenizer
 
 
-def hybrid_search(search: dict) -> dict:
-    """``hybrid.search`` (``{candidates, passes}``) as :class:`HybridAudioTokenizerConfig` fields."""
-    if not isinstance(search, dict) or set(search) != {"candidates", "passes"}:
-        raise ValueError(f"hybrid.search: expected {{candidates: int, passes: int}}, got {search!r}")
-    return {"search_candidates": search["candidates"], "search_passes": search["passes"]}
 
 
 def check_codec(cfg: dict) -> None:
@@ -289,7 +289,7 @@ def check_codec(cfg: dict) -> None:
     HybridAudioTokenizerConfig(magnitude=dict(vars(build_tokenizer(cfg, "prior_tokenizer").config)),
                                phase=dict(vars(codec.config)), magnitude_weight=cfg["hybrid"]["magnitude_weight"],
                                blend=cfg["hybrid"]["blend"], envelope_bins=cfg["hybrid"]["envelope_bins"],
-                               **hybrid_search(cfg["hybrid"]["search"]))
+                               **search_fields(cfg["hybrid"]["search"], "hybrid.search"))
 
 
 def fit_tokenizer(cfg: dict, component: str, data: RecipeData, run_dir: Path, device,
@@ -428,7 +428,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
         # magnitude code + the codec's leading levels
         hybrid = HybridAudioTokenizer.from_parts(gen_tokenizer, tokenizer, magnitude_weight=hy["magnitude_weight"],
                                                  blend=hy["blend"], envelope_bins=hy["envelope_bins"],
-                                                 **hybrid_search(hy["search"]))
+                                                 **search_fields(hy["search"], "hybrid.search"))
         hybrid_dir = hybrid.save_pretrained(run_dir / "hybrid_tokenizer")
         scores = score_codec(hybrid, hybrid_dir, run_dir / "hybrid_tokenizer_eval.json", data, ev, label, True)
         # the hybrid is the run's codec now: its figures under the plain keys, the codec's as codec_*

@@ -182,7 +182,7 @@ def describe_metric(key: str) -> MetricInfo:
     if match := _TOKEN_BITS.fullmatch(key):
         return _qualified(match[1], f"with the code levels that make {match[2]} bits per token")
     for pattern, info in _PATTERNS:
-        match = pattern.fullmatch(str(key))
+        match = pattern.fullmatch(key)
         if match:
             return info._replace(meaning=info.meaning.format(*match.groups()))
     return MetricInfo("", "not documented in vqgen.metrics.glossary")
