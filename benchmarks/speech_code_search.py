@@ -4,7 +4,8 @@
     python benchmarks/speech_code_search.py runs/speech-full/tokenizer --candidates 0 4 8 \\
         --passes 1 --out benchmarks/results/speech-full/code_search.jsonl
 
-For each setting (``--candidates`` 0 = greedy; ``k`` = :mod:`vqgen.tokenizers.code_search` with
+For each setting (``--envelope-weights``: for a codec with an envelope head, the share of its
+correction applied, :mod:`vqgen.tokenizers.envelope`; ``--candidates`` 0 = greedy; ``k`` = :mod:`vqgen.tokenizers.code_search` with
 ``k`` choices per frame, ``--passes`` passes) it encodes the speech recipe's held-out clips as
 the recipe scores them (the first 4 s of the first 64 test clips of seen voices, zero-padded;
 ``--unseen`` adds the unseen voices' clips), decodes 1, 2 and all levels and prints one JSON line:
@@ -52,6 +53,9 @@ def main() -> int:
     p.add_argument("--clips", type=int, default=64)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--unseen", action="store_true", help="also score the unseen voices' clips")
+    p.add_argument("--envelope-weights", type=float, nargs="+", default=None,
+                   help="a codec with an envelope head: score each of these envelope_weight values "
+                        "(default: its own)")
     p.add_argument("--data-root", default=str(ROOT / "data"))
     p.add_argument("--out", help="append the JSON lines to this file")
     args = p.parse_args()
@@ -61,14 +65,19 @@ def main() -> int:
     if args.unseen:
         groups["unseen"] = clips(data, True, args.clips, args.seconds)
     levels = sorted({1, tok.num_codebooks // 2, tok.num_codebooks})
-    for k in args.candidates:
-        tok.config = dataclasses.replace(tok.config, search_candidates=k, search_passes=args.passes)
+    weights = args.envelope_weights or [tok.config.envelope_weight]
+    if args.envelope_weights and tok.envelope is None:
+        p.error(f"--envelope-weights: {args.tokenizer} has no envelope head")
+    for k, w in ((k, w) for k in args.candidates for w in weights):
+        tok.config = dataclasses.replace(tok.config, search_candidates=k, search_passes=args.passes,
+                                         envelope_weight=w)
         for group, waves in groups.items():
             t0 = time.time()
             scores = AM.evaluate_tokenizer(tok, waves, levels=levels, with_stoi=True)
             seconds = time.time() - t0          # encoding + scoring; the search dominates when on
             row = {"tokenizer": args.tokenizer, "group": group, "clips": len(waves), "seconds_each": args.seconds,
-                   "candidates": k, "passes": args.passes, "eval_seconds": round(seconds, 1),
+                   "candidates": k, "passes": args.passes,
+                   **({"envelope_weight": w} if tok.envelope is not None else {}), "eval_seconds": round(seconds, 1),
                    "eval_seconds_per_audio_second": round(seconds / (len(waves) * args.seconds), 3),
                    "threads": torch.get_num_threads(),
                    **{key: round(v, 4) for key, v in scores.items() if key.startswith("test_")}}

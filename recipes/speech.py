@@ -37,6 +37,7 @@ from typing import Callable, NamedTuple
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from vqgen import metrics as M
 from vqgen.data.audio import AudioClips, ClipSegments, write_audio
@@ -56,6 +57,7 @@ from vqgen.runs import parse_recipe_args, run_main, start_run
 from vqgen.spectrogram import save_spectrogram_png
 from vqgen.tokenizers import audio as audio_tokenizers
 from vqgen.tokenizers.audio import AudioTokenizer
+from vqgen.tokenizers.envelope import EnvelopeHead, envelope_examples
 from vqgen.tokenizers.hybrid_audio import HybridAudioTokenizer, HybridAudioTokenizerConfig
 from vqgen.training import TrainConfig, init_distributed, is_main_process, resolve_device, train
 
@@ -271,16 +273,74 @@ def calibrate_codec_level(tokenizer: AudioTokenizer, data: RecipeData, enabled: 
     return tokenizer
 
 
+def fit_envelope_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, run_dir: Path, device,
+                      monitor: torch.Tensor, model_dir: Path | None = None) -> tuple[AudioTokenizer, float]:
+    """``envelope_head``: give the trained complex codec a decoder-side envelope head
+    (:mod:`vqgen.tokenizers.envelope`), trained with ``envelope_head_train`` on its frozen
+    greedy decodes of every training clip at each level count of ``levels`` (null: 1 .. Q) in
+    ``window_seconds`` windows, into ``run_dir/envelope_head`` (resuming; the eval lines score
+    the head's loss on ``monitor``); then applied ``weight`` of the way and the codec saved again
+    to ``model_dir`` when given. A codec that has a head keeps it (only ``weight`` is updated).
+    Returns the codec and the head's training seconds."""
+    section = cfg["envelope_head"]
+    weight = section["weight"]
+    if tokenizer.envelope is not None:
+        if tokenizer.config.envelope_weight != weight:
+            tokenizer.config = dataclasses.replace(tokenizer.config, envelope_weight=weight)
+            if model_dir is not None:
+                tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
+        return tokenizer, 0.0
+    head_config = dataclasses.replace(tokenizer.config, envelope=section["overrides"]).envelope_config()
+    levels = section["levels"] or list(range(1, tokenizer.num_codebooks + 1))
+    window = max(1, round(section["window_seconds"] * tokenizer.sample_rate / tokenizer.config.stft_hop))
+    progress = (lambda it: tqdm(it, desc="envelope head data", dynamic_ncols=True, mininterval=10.0)) \
+        if cfg["progress"] else (lambda it: it)
+    clips = [data.train.clip(i).reshape(-1) for i in range(len(data.train))]
+    examples = envelope_examples(tokenizer, clips, head_config, levels, window, progress)
+    held_out = envelope_examples(tokenizer, list(monitor[:, 0].cpu()), head_config,
+                                 [tokenizer.num_codebooks], window)
+    check = [torch.stack(t).to(device) for t in zip(*(held_out[i] for i in range(len(held_out))))]
+    print(f"envelope head: {len(examples)} windows of {window} frames (level counts {levels})")
+
+    def step(model, batch):
+        return model.loss(*batch), {}
+
+    def evaluate(model):
+        return {"test_envelope_l1": float(model.loss(*check))}
+
+    train_cfg = build_config(TrainConfig, cfg["envelope_head_train"], seed=cfg["seed"], device=str(device),
+                             progress=cfg["progress"])
+    head = EnvelopeHead(head_config).to(device)
+    result = train(head, examples, run_dir, train_cfg, component="envelope_head", step_fn=step, eval_fn=evaluate)
+    head = EnvelopeHead.from_pretrained(run_dir / "envelope_head")
+    with torch.no_grad():
+        print(f"envelope head: held-out envelope L1 {float(head.to(device).loss(*check)):.3f} "
+              f"(codec alone {float((check[1] - check[2]).abs().mean()):.3f}), applied x {weight:g}")
+    tokenizer.attach_envelope(head, weight)
+    if model_dir is not None:
+        tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
+    return tokenizer, result.seconds
 
 
 def check_codec(cfg: dict) -> None:
     """Fail before any training when the codec's settings cannot work: ``tokenizer.search``
-    must be a valid code search for it, and with ``hybrid.enabled`` the hybrid must be joinable:
+    must be a valid code search for it, ``envelope_head`` valid settings of its head, and with ``hybrid.enabled`` the hybrid must be joinable:
     it needs the prior tokenizer, and the two tokenizers' STFTs and codebooks must match
     (:class:`HybridAudioTokenizerConfig` says which value differs)."""
     codec = (AudioTokenizer.from_pretrained(cfg["tokenizer_from"]) if cfg["tokenizer_from"]
              else build_tokenizer(cfg, "tokenizer"))
     apply_search(codec, cfg["tokenizer"]["search"])
+    eh = cfg["envelope_head"]
+    if eh["enabled"]:  # the head's settings, on this codec
+        dataclasses.replace(codec.config, envelope=eh["overrides"], envelope_weight=eh["weight"])
+        levels = eh["levels"]
+        if levels is not None and (not isinstance(levels, list) or not levels or any(
+                isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= codec.num_codebooks for n in levels)):
+            raise ValueError(f"envelope_head.levels: expected null or a list of ints in [1, "
+                             f"{codec.num_codebooks}], got {levels!r}")
+        w = eh["window_seconds"]
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            raise ValueError(f"envelope_head.window_seconds: expected a number > 0, got {w!r}")
     if not cfg["hybrid"]["enabled"]:
         return
     if not cfg["prior_tokenizer"]["enabled"]:
@@ -335,7 +395,8 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
     main_rank = is_main_process()
-    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "prior_tokenizer_train", "prior_train"))
+    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "envelope_head_train",
+                                                             "prior_tokenizer_train", "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 
@@ -370,6 +431,10 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     tokenizer = apply_search(tokenizer.eval(), cfg["tokenizer"]["search"], tok_dir if main_rank else None)
     tokenizer = calibrate_codec_level(tokenizer, data, cfg["tokenizer"]["calibrate_level"],
                                       tok_dir if main_rank else None)
+    head_seconds = 0.0
+    if cfg["envelope_head"]["enabled"]:
+        tokenizer, head_seconds = fit_envelope_head(cfg, tokenizer, data, run_dir, device, monitor,
+                                                    tok_dir if main_rank else None)
     print(f"tokenizer: {tokenizer.num_parameters() / 1e6:.2f}M parameters, {tokenizer.num_codebooks} "
           f"levels x {tokenizer.codebook_size} at {tokenizer.frame_rate:g} Hz "
           f"({tokenizer.bitrate():g} kbps)")
@@ -528,7 +593,7 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
         "classifier_test_accuracy", "recon_class_accuracy", "sample_mel_fd", "train_test_mel_fd", *extra)))
 
     # 6. Metrics and report -----------------------------------------------------------------
-    metrics["train_seconds"] = tok_seconds + gen_seconds + prior_seconds
+    metrics["train_seconds"] = tok_seconds + head_seconds + gen_seconds + prior_seconds
     metrics["total_seconds"] = time.time() - t_start
     metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -96,7 +96,7 @@ def test_envelope_blend():
     assert torch.allclose(decode(magnitude_weight=1.0, envelope_bins=0), linear_one, atol=1e-4)
     smooth = decode(magnitude_weight=1.0, envelope_bins=3)
     assert not torch.allclose(smooth, linear_one, atol=1e-3)
-    from vqgen.tokenizers.hybrid_audio import _smooth_bins
+    from vqgen.tokenizers.envelope import smooth_bins as _smooth_bins
     with torch.no_grad():
         power = 2.0 / phase.config.power
         want = _smooth_bins(magnitude.decoded_magnitudes(codes[:, :1].transpose(1, 2)).pow(power), 3)

@@ -101,6 +101,13 @@ def test_hybrid_that_cannot_be_joined_fails_before_training(tmp_path, load_recip
                                           "prior_tokenizer.preset=audio_tokenizer_debug", "hybrid.blend=mean"])
     with pytest.raises(ValueError, match="search_candidates 0 .greedy. or an int in .2, codebook_size., got 1"):
         load_recipe("music").main(tiny_audio_args(tmp_path) + ["tokenizer.search.candidates=1"])
+    with pytest.raises(ValueError, match=r"envelope_head.levels: expected null or a list of ints in \[1, 4\], got \[5\]"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["envelope_head.enabled=true", "envelope_head.levels=[5]"])
+    with pytest.raises(ValueError, match=r"envelope_weight a number in \[0, 1\], got 2"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["envelope_head.enabled=true", "envelope_head.weight=2"])
+    with pytest.raises(ValueError, match=r"unknown EnvelopeHeadConfig key\(s\) \['depth'\]"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["envelope_head.enabled=true",
+                                                               "envelope_head.overrides.depth=2"])
     with pytest.raises(ValueError, match="config key 'tokenizer.calibrate_level' expects true/false, got 2"):
         load_recipe("music").main(tiny_audio_args(tmp_path) + ["tokenizer.calibrate_level=2"])
     assert not (tmp_path / "runs" / "smoke").exists() and not (tmp_path / "data").exists()
@@ -122,7 +129,10 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
         "prior_tokenizer_train.steps=4", "prior_tokenizer_train.batch_size=4",
         "prior_tokenizer_train.warmup_steps=1", "prior_tokenizer_train.eval_every=0",
         "prior_tokenizer.overrides.n_fft=320", "hybrid.enabled=true",             # the codec's STFT
-        "tokenizer.search.candidates=3", "hybrid.search.candidates=2"]
+        "tokenizer.search.candidates=3", "hybrid.search.candidates=2",
+        "envelope_head.enabled=true", "envelope_head.overrides.channels=8", "envelope_head.levels=[1, 4]",
+        "envelope_head.window_seconds=0.2", "envelope_head_train.steps=4", "envelope_head_train.batch_size=4",
+        "envelope_head_train.warmup_steps=1", "envelope_head_train.eval_every=2"]
     metrics = load_recipe("music").main(argv)
     run_dir = tmp_path / "runs" / "smoke"
     assert metrics["prior_tokenizer_bitrate_kbps"] == pytest.approx(0.3)      # 1 level x 64 at 50 Hz
@@ -139,6 +149,15 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
     # its phase levels against its own decode (hybrid.search), from the codec's greedy codes
     codec = load_model(run_dir / "tokenizer")
     assert codec.config.search_candidates == 3 and hybrid.config.search_candidates == 2
+    # envelope_head: trained on the frozen codec into run_dir/envelope_head, then part of the
+    # saved codec (and so of the hybrid's phase part), applied envelope_head.weight of the way
+    head = load_model(run_dir / "envelope_head")
+    assert type(head).__name__ == "EnvelopeHead" and head.config.channels == 8
+    assert codec.envelope is not None and codec.config.envelope_weight == 0.75
+    assert all(torch.equal(v, codec.envelope.state_dict()[k]) for k, v in head.state_dict().items())
+    assert hybrid.phase.config.envelope == codec.config.envelope
+    logged = [json.loads(line) for line in (run_dir / "logs" / "envelope_head.jsonl").read_text().splitlines()]
+    assert any("test_envelope_l1" in r for r in logged)
     clip = torch.randn(1, 1, 3200) * 0.1
     assert torch.equal(hybrid.encode(clip, search=0)[:, 1:], codec.encode(clip, search=0)[:, :3])
     assert torch.equal(hybrid.encode(clip)[:, :2], hybrid.encode(clip, search=0)[:, :2])

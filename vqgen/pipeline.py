@@ -34,6 +34,7 @@ MODEL_CLASSES = {
     "ImageTokenizer": "vqgen.tokenizers.image:ImageTokenizer",
     "AudioTokenizer": "vqgen.tokenizers.audio:AudioTokenizer",
     "HybridAudioTokenizer": "vqgen.tokenizers.hybrid_audio:HybridAudioTokenizer",
+    "EnvelopeHead": "vqgen.tokenizers.envelope:EnvelopeHead",
     "TextTokenizer": "vqgen.tokenizers.text:TextTokenizer",
     "PixelCNNPrior": "vqgen.priors.pixelcnn:PixelCNNPrior",
     "TransformerPrior": "vqgen.priors.transformer:TransformerPrior",

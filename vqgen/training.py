@@ -566,7 +566,7 @@ def _apply_new_lr(state: dict[str, Any], config: TrainConfig, optimizer: torch.o
               f"(it was {saved:g})", file=sys.stderr)
 
 
-COMPONENTS = ("tokenizer", "prior", "prior_tokenizer")
+COMPONENTS = ("tokenizer", "prior", "prior_tokenizer", "envelope_head")
 
 
 @locks_run_dir

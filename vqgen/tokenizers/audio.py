@@ -36,6 +36,7 @@ from ..data.audio import check_sample_rate, read_audio, resample, write_audio
 from ..losses import AudioLossConfig, AudioReconstructionLoss, compress, stacked_magnitude
 from .base import Tokenizer, TokenizerOutput
 from .code_search import search_codes
+from .envelope import EnvelopeHead, EnvelopeHeadConfig
 from .layers import ConvNeXtBlock1d, ResBlock
 from .quantizers import QuantizerOutput, ResidualVQ
 
@@ -75,7 +76,13 @@ class AudioTokenizerConfig:
     ``overlap_seconds``; ``search_candidates`` / ``search_passes`` (the encoder's code search,
     :meth:`AudioTokenizer.encode`); ``output_gain`` (``decode`` multiplies its waveform by it: a
     codec trained with a scale-invariant term such as SI-SDR has no fixed output level, and
-    :meth:`AudioTokenizer.calibrate_level` measures the gain that gives back the input's level).
+    :meth:`AudioTokenizer.calibrate_level` measures the gain that gives back the input's level);
+    ``envelope`` (the fields of an :class:`~vqgen.tokenizers.envelope.EnvelopeHeadConfig`; its
+    ``bins``, ``latent_dim`` and ``sample_rate`` are this codec's, filled in when absent; a complex
+    codec only) gives the decoder an envelope
+    head, which corrects the decoded spectral envelope towards the input's, ``envelope_weight``
+    of the way in log power (:mod:`vqgen.tokenizers.envelope`; trained after the codec, the codec
+    frozen: :meth:`AudioTokenizer.attach_envelope`; ``forward`` trains the codec without it).
     """
 
     sample_rate: int = 16000
@@ -115,6 +122,8 @@ class AudioTokenizerConfig:
     search_candidates: int = 0          # encode: analysis-by-synthesis code search (0: greedy RVQ)
     search_passes: int = 1              # encode: passes of that search over the levels
     output_gain: float = 1.0            # decode: the waveform is multiplied by this (calibrate_level)
+    envelope: dict = field(default_factory=dict)   # EnvelopeHeadConfig fields ({}: no envelope head)
+    envelope_weight: float = 1.0        # decode: the share of the envelope head's correction applied
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str, got: Any) -> None:
@@ -166,6 +175,16 @@ class AudioTokenizerConfig:
         need(isinstance(self.output_gain, (int, float)) and not isinstance(self.output_gain, bool)
              and math.isfinite(self.output_gain) and self.output_gain > 0, "output_gain a finite number > 0",
              self.output_gain)
+        need(isinstance(self.envelope, dict), "envelope a dict of EnvelopeHeadConfig fields", self.envelope)
+        if self.envelope:
+            head = self.envelope_config()      # unknown keys and bad values raise here
+            need(not self.phase_free, "no envelope head with phase_free (a complex codec's head)", self.envelope)
+            need((head.bins, head.latent_dim, head.sample_rate) == (self.n_fft // 2 + 1, self.latent_dim,
+                                                                     self.sample_rate),
+                 f"envelope bins {self.n_fft // 2 + 1}, latent_dim {self.latent_dim} and sample_rate "
+                 f"{self.sample_rate} (this codec's)", (head.bins, head.latent_dim, head.sample_rate))
+        need(isinstance(self.envelope_weight, (int, float)) and not isinstance(self.envelope_weight, bool)
+             and 0.0 <= self.envelope_weight <= 1.0, "envelope_weight a number in [0, 1]", self.envelope_weight)
         need(self.chunk_seconds > 2 * self.overlap_seconds >= 0,
              "chunk_seconds > 2 * overlap_seconds >= 0", (self.chunk_seconds, self.overlap_seconds))
         if isinstance(self.loss, AudioLossConfig):
@@ -181,6 +200,13 @@ class AudioTokenizerConfig:
         values = {**self.loss, **self.magnitude_loss} if magnitude_only else self.loss
         return build_config(AudioLossConfig, values, n_fft=self.n_fft, hop=self.stft_hop,
                             power=self.power)
+
+    def envelope_config(self) -> EnvelopeHeadConfig:
+        """The envelope head's config (``envelope``; ``bins`` and ``latent_dim`` default to
+        this codec's)."""
+        from ..modeling import build_config
+        return build_config(EnvelopeHeadConfig, {"bins": self.n_fft // 2 + 1, "latent_dim": self.latent_dim,
+                                                 "sample_rate": self.sample_rate, **self.envelope})
 
     @property
     def hop_length(self) -> int:
@@ -396,6 +422,7 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
         # phase-free leading levels: an encoder of |compressed spectrum| only
         self.magnitude_encoder = AudioEncoder(cfg, magnitude=True) if cfg.magnitude_levels else None
         self.decoder = AudioDecoder(cfg)
+        self.envelope = EnvelopeHead(cfg.envelope_config()) if cfg.envelope else None
         self.quantizer = ResidualVQ(
             cfg.latent_dim, cfg.codebook_size, cfg.num_codebooks, quantizer_dropout=cfg.quantizer_dropout,
             codebook_dim=cfg.codebook_dim, beta=cfg.vq_beta, use_ema=cfg.vq_use_ema, decay=cfg.vq_decay,
@@ -495,7 +522,11 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
 
     def _synth(self, zq: Tensor) -> Tensor:
         """Channel-last ``(B, frames, D)`` -> waveform ``(B, frames * hop_length)``."""
-        spec = self.decoder(zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
+        latent = zq.to(self.decoder.conv_in.weight.dtype).transpose(1, 2)
+        spec = self.decoder(latent)
+        if self.envelope is not None:
+            cfg = self.config
+            spec = self.envelope.correct(spec, latent, cfg.power, cfg.output_gain, cfg.envelope_weight)
         if self.config.phase_free:
             return self.spectral.griffin_lim(stacked_magnitude(spec.float(), 1e-12), self.config.griffin_lim_iters)
         return self.spectral.inverse(spec)
@@ -600,6 +631,19 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
                              f"got input RMS {rms_in:.3g} and decoded RMS {rms_out:.3g}")
         self.config = dataclasses.replace(self.config, output_gain=rms_in / rms_out)
         return self.config.output_gain
+
+    def attach_envelope(self, head: EnvelopeHead, weight: float | None = None) -> "AudioTokenizer":
+        """Give this (complex) codec the trained envelope ``head`` (its weights are copied; its
+        config becomes ``config.envelope``) applied ``weight`` of the way (default: the
+        config's ``envelope_weight``); returns ``self``."""
+        if not isinstance(head, EnvelopeHead):
+            raise ValueError(f"attach_envelope: expected an EnvelopeHead, got {type(head).__name__}")
+        weight = self.config.envelope_weight if weight is None else weight
+        self.config = dataclasses.replace(self.config, envelope=dict(vars(head.config)), envelope_weight=weight)
+        self.envelope = EnvelopeHead(head.config).to(self.decoder.conv_in.weight)
+        self.envelope.load_state_dict(head.state_dict())
+        self.envelope.train(self.training)
+        return self
 
     def forward(self, wave: Tensor, num_codebooks: int | None = None) -> TokenizerOutput:
         """Reconstruct ``wave`` ``(B, 1, T)`` at ``sample_rate`` through the quantizer (training

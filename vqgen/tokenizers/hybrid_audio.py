@@ -35,13 +35,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import stacked_magnitude
 from ..modeling import build_config
 from .audio import AudioCodesMixin, AudioTokenizer, AudioTokenizerConfig, _with_phase, chunked_decode
 from .base import Tokenizer, TokenizerOutput
+from .envelope import smooth_bins
 
 
 @dataclass
@@ -101,17 +101,6 @@ class HybridAudioTokenizerConfig:
     def parts(self) -> tuple[AudioTokenizerConfig, AudioTokenizerConfig]:
         return (build_config(AudioTokenizerConfig, self.magnitude),
                 build_config(AudioTokenizerConfig, self.phase))
-
-
-def _smooth_bins(power: Tensor, bins: int) -> Tensor:
-    """``(B, F, N)`` smoothed over ``F`` with a triangular window reaching ``bins`` bins either
-    side (edges replicated; ``bins`` 0: unchanged)."""
-    if bins == 0:
-        return power
-    kernel = torch.cat([torch.arange(1, bins + 2), torch.arange(bins, 0, -1)]).to(power)
-    b, f, n = power.shape
-    rows = F.pad(power.transpose(1, 2).reshape(b * n, 1, f), (bins, bins), mode="replicate")
-    return F.conv1d(rows, (kernel / kernel.sum()).view(1, 1, -1)).view(b, n, f).transpose(1, 2)
 
 
 class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
@@ -222,8 +211,8 @@ class HybridAudioTokenizer(AudioCodesMixin, Tokenizer):
             magnitude = w * coded + (1 - w) * own
         else:  # the codec's fine structure under the magnitude code's envelope (power domain)
             to_power, bins = 2.0 / self.phase.config.power, self.config.envelope_bins
-            ratio = (_smooth_bins(coded.pow(to_power), bins)
-                     / _smooth_bins(own.pow(to_power), bins).clamp(min=1e-12))
+            ratio = (smooth_bins(coded.pow(to_power), bins)
+                     / smooth_bins(own.pow(to_power), bins).clamp(min=1e-12))
             magnitude = own * ratio.pow(w / to_power)
         return spectral.inverse(_with_phase(magnitude, spec))
 
