@@ -254,13 +254,14 @@ def apply_search(tokenizer: AudioTokenizer, search: dict, model_dir: Path | None
 
 
 def calibrate_codec_level(tokenizer: AudioTokenizer, data: RecipeData, enabled: bool,
-                          model_dir: Path | None = None) -> AudioTokenizer:
+                          model_dir: Path | None = None, again: bool = False) -> AudioTokenizer:
     """With ``enabled`` (``tokenizer.calibrate_level``), give a complex codec that has no output
-    gain yet (``output_gain`` 1) the gain that brings its decoded level back to its input's,
+    gain yet (``output_gain`` 1; with ``again``, any complex codec: a new envelope head moves the
+    level) the gain that brings its decoded level back to its input's,
     measured on the first 2 s of 32 training clips spread over the classes
     (:meth:`AudioTokenizer.calibrate_level`; the SI-SDR term leaves the level free, and the
     speech codec trained with it decodes about 9 dB low); saved to ``model_dir`` when given."""
-    if not enabled or tokenizer.config.phase_free or tokenizer.config.output_gain != 1.0:
+    if not enabled or tokenizer.config.phase_free or (tokenizer.config.output_gain != 1.0 and not again):
         return tokenizer
     index = spread_over_classes(list(range(len(data.train))), data.train.labels, 32)
     device = next(tokenizer.parameters()).device
@@ -279,7 +280,8 @@ def fit_envelope_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, ru
     (:mod:`vqgen.tokenizers.envelope`), trained with ``envelope_head_train`` on its frozen
     greedy decodes of every training clip at each level count of ``levels`` (null: 1 .. Q) in
     ``window_seconds`` windows, into ``run_dir/envelope_head`` (resuming; the eval lines score
-    the head's loss on ``monitor``); then applied ``weight`` of the way and the codec saved again
+    the head's loss on ``monitor``); then applied ``weight`` of the way, the codec's level
+    calibrated again (``tokenizer.calibrate_level``: the head moves it) and the codec saved again
     to ``model_dir`` when given. A codec that has a head keeps it (only ``weight`` is updated).
     Returns the codec and the head's training seconds."""
     section = cfg["envelope_head"]
@@ -306,17 +308,19 @@ def fit_envelope_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, ru
         return model.loss(*batch), {}
 
     def evaluate(model):
-        return {"test_envelope_l1": float(model.loss(*check))}
+        return {"test_envelope_loss": float(model.loss(*check))}
 
     train_cfg = build_config(TrainConfig, cfg["envelope_head_train"], seed=cfg["seed"], device=str(device),
                              progress=cfg["progress"])
     head = EnvelopeHead(head_config).to(device)
     result = train(head, examples, run_dir, train_cfg, component="envelope_head", step_fn=step, eval_fn=evaluate)
-    head = EnvelopeHead.from_pretrained(run_dir / "envelope_head")
-    with torch.no_grad():
-        print(f"envelope head: held-out envelope L1 {float(head.to(device).loss(*check)):.3f} "
-              f"(codec alone {float((check[1] - check[2]).abs().mean()):.3f}), applied x {weight:g}")
+    with torch.no_grad():  # train() leaves the trained (or, when finished before, the saved) weights in head
+        print(f"envelope head: held-out loss {float(head.loss(*check)):.3f} "
+              f"(codec alone {float(EnvelopeHead(head_config).to(device).loss(*check)):.3f}), "
+              f"applied x {weight:g}")
     tokenizer.attach_envelope(head, weight)
+    if cfg["tokenizer"]["calibrate_level"]:  # the head moves the level: calibrated again (and saved)
+        return calibrate_codec_level(tokenizer, data, True, model_dir, again=True), result.seconds
     if model_dir is not None:
         tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
     return tokenizer, result.seconds

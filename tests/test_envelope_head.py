@@ -1,6 +1,7 @@
 """The decoder-side envelope head (vqgen.tokenizers.envelope) and a codec that carries one."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -135,3 +136,36 @@ def test_bad_envelope_settings_raise(codec):
     with pytest.raises(ValueError, match="expected a complex codec, got a phase_free one"):
         envelope_examples(phase_free, tones(1), cfg, [1], 10)
 
+
+
+def test_the_output_gain_can_change_after_the_head_is_trained(codec):
+    """The head measures the codec's envelope at input_gain (the output_gain it was trained at),
+    so calibrating the level again scales the decode and nothing else."""
+    codec.config = dataclasses.replace(codec.config, output_gain=2.0)
+    cfg = codec.config.envelope_config()
+    assert cfg.input_gain == 2.0
+    head = EnvelopeHead(cfg)
+    with torch.no_grad():
+        head.conv_out.weight.normal_(std=0.05)
+    codec.attach_envelope(head, weight=1.0)
+    codes = codec.encode(torch.stack(tones(1))[:, None])
+    at_two = codec.decode(codes)
+    codec.config = dataclasses.replace(codec.config, output_gain=0.5)
+    assert codec.envelope.config.input_gain == 2.0
+    assert torch.allclose(codec.decode(codes), at_two / 4, atol=1e-6, rtol=1e-4)
+
+
+def test_the_code_search_scores_the_decode_before_the_head():
+    """The head is a post-filter outside the encoder's search (as a CELP coder's): attaching one
+    changes the decode, not the searched codes."""
+    torch.manual_seed(0)
+    codec = audio_tokenizer_debug(frame_downsample=1).eval()
+    clip = torch.stack(tones(1))[:, None]
+    plain_codes = codec.encode(clip, search=4)
+    plain = codec.decode(plain_codes)
+    head = EnvelopeHead(codec.config.envelope_config())
+    with torch.no_grad():
+        head.conv_out.weight.normal_(std=0.05)
+    codec.attach_envelope(head, weight=1.0)
+    assert torch.equal(codec.encode(clip, search=4), plain_codes)
+    assert not torch.allclose(codec.decode(plain_codes), plain)

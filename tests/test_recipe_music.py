@@ -157,7 +157,7 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
     assert all(torch.equal(v, codec.envelope.state_dict()[k]) for k, v in head.state_dict().items())
     assert hybrid.phase.config.envelope == codec.config.envelope
     logged = [json.loads(line) for line in (run_dir / "logs" / "envelope_head.jsonl").read_text().splitlines()]
-    assert any("test_envelope_l1" in r for r in logged)
+    assert any("test_envelope_loss" in r for r in logged)
     clip = torch.randn(1, 1, 3200) * 0.1
     assert torch.equal(hybrid.encode(clip, search=0)[:, 1:], codec.encode(clip, search=0)[:, :3])
     assert torch.equal(hybrid.encode(clip)[:, :2], hybrid.encode(clip, search=0)[:, :2])

@@ -10,7 +10,8 @@ It adds no bits: it reads only what the decoder reads.
 
 What it computes, per STFT frame (``B`` clips, ``F`` bins, ``N`` frames):
 
-- ``E(C)``: the codec's decoded power spectrum (at its ``output_gain``), smoothed over
+- ``E(C)``: the codec's decoded power spectrum (at its ``output_gain`` when the head was trained,
+  ``input_gain``), smoothed over
   ``smooth_bins`` bins either side with a triangle (:func:`smooth_bins`), as ``log(E + floor)``;
 - the head: a residual conv stack over frames reading the quantized latent ``(B, D, N)`` (what
   the decoder reads) and ``log E(C)``, predicting
@@ -29,6 +30,7 @@ trained codec (the audio recipes' ``envelope_head`` stage).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -79,7 +81,9 @@ class EnvelopeHeadConfig:
     L1 distance of log energies in ``mel_bands`` mel bands (triangles over 0 .. ``sample_rate``
     / 2, each normalised to sum 1; 0: none) plus ``bin_weight`` times the L1 distance bin by bin;
     the band term scores what a listener hears of the envelope, not the bin-level noise of a
-    noisy band, which no code can predict."""
+    noisy band, which no code can predict. ``input_gain``: the codec's ``output_gain`` when the
+    head was trained; ``log E(C)`` is always measured at it, so the codec's level can be
+    calibrated again afterwards without moving the head's inputs."""
 
     bins: int = 321
     latent_dim: int = 128
@@ -91,6 +95,7 @@ class EnvelopeHeadConfig:
     sample_rate: int = 16000
     mel_bands: int = 40
     bin_weight: float = 0.25
+    input_gain: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("bins", "latent_dim", "channels", "blocks", "kernel_size", "sample_rate"):
@@ -103,6 +108,9 @@ class EnvelopeHeadConfig:
             raise ValueError(f"EnvelopeHeadConfig.smooth_bins: expected an int >= 0, got {self.smooth_bins!r}")
         if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not self.floor > 0:
             raise ValueError(f"EnvelopeHeadConfig.floor: expected a number > 0, got {self.floor!r}")
+        g = self.input_gain
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not g > 0:
+            raise ValueError(f"EnvelopeHeadConfig.input_gain: expected a finite number > 0, got {g!r}")
         m = self.mel_bands
         if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < self.bins:
             raise ValueError(f"EnvelopeHeadConfig.mel_bands: expected an int in [0, {self.bins}), got {m!r}")
@@ -147,11 +155,12 @@ class EnvelopeHead(ConfigModel):
         h = self.conv_in(torch.cat([latent.to(dtype), 0.1 * envelope.to(dtype)], dim=1))
         return self.conv_out(F.silu(self.norm(self.blocks(h)))).float()
 
-    def correct(self, spec: Tensor, latent: Tensor, power: float, gain: float, weight: float) -> Tensor:
+    def correct(self, spec: Tensor, latent: Tensor, power: float, weight: float) -> Tensor:
         """A codec's compressed complex spectrum ``spec`` (real | imag ``(B, 2 bins, N)``,
-        magnitudes ``|X| ** power``, decoded at ``gain``) -> the same with every bin's magnitude
-        times ``exp(weight * d / 2)`` (phase kept)."""
-        envelope = log_envelope(decoded_power(spec, power, gain), self.config.smooth_bins, self.config.floor)
+        magnitudes ``|X| ** power``) -> the same with every bin's magnitude times ``exp(weight *
+        d / 2)`` (phase kept; ``log E(C)`` measured at ``input_gain``)."""
+        c = self.config
+        envelope = log_envelope(decoded_power(spec, power, c.input_gain), c.smooth_bins, c.floor)
         scale = torch.exp(0.5 * power * weight * self(latent, envelope)).repeat(1, 2, 1)  # on |X| ** power
         return spec.float() * scale
 
@@ -175,7 +184,7 @@ def envelope_examples(tokenizer: "AudioTokenizer", waves: list[Tensor], config: 
     """Training data for an envelope head of the (trained, frozen) complex ``tokenizer``: each
     wave ``(T,)`` at its sample rate is encoded greedily and decoded from its first ``n`` levels
     for every ``n`` in ``levels``; non-overlapping ``window``-frame windows of the quantized
-    latent (repeated to the STFT frame rate), ``log E(C)`` (the decode at ``output_gain``) and
+    latent (repeated to the STFT frame rate), ``log E(C)`` (the decode at ``config.input_gain``) and
     ``log E(X)`` (the input), in float16; ``window`` counts STFT frames (a wave shorter than
     one window gives none)."""
     if tokenizer.config.phase_free:
@@ -186,7 +195,7 @@ def envelope_examples(tokenizer: "AudioTokenizer", waves: list[Tensor], config: 
     if not levels or bad:
         raise ValueError(f"envelope_examples: expected levels, a non-empty list of ints in "
                          f"[1, {tokenizer.num_codebooks}], got {levels!r}")
-    power, gain = tokenizer.config.power, tokenizer.config.output_gain
+    power, gain = tokenizer.config.power, config.input_gain
     device = next(tokenizer.parameters()).device
     latents, coded, target = {n: [] for n in levels}, {n: [] for n in levels}, []
     for wave in progress(waves):
