@@ -239,7 +239,8 @@ def run_main(fn: Callable[..., Any], *args: Any, prog: str = "vqgen") -> int:
 
 
 # --------------------------------------------------------------------------- recipe arguments
-RECIPE_OPEN_KEYS = ("tokenizer.overrides", "prior_tokenizer.overrides", "prior_config.transformer", "prior_config.pixelcnn")
+RECIPE_OPEN_KEYS = ("tokenizer.overrides", "prior_tokenizer.overrides", "envelope_head.overrides", "prior_config.transformer",
+                    "prior_config.pixelcnn")
 
 
 def parse_recipe_args(config_path: str | os.PathLike, description: str | None, priors: Iterable[str],

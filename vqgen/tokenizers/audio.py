@@ -79,11 +79,11 @@ class AudioTokenizerConfig:
     :meth:`AudioTokenizer.calibrate_level` measures the gain that gives back the input's level);
     ``envelope`` (the fields of an :class:`~vqgen.tokenizers.envelope.EnvelopeHeadConfig`; its
     ``bins``, ``latent_dim``, ``sample_rate`` and ``input_gain`` are this codec's, filled in when
-    absent; a complex
-    codec only) gives the decoder an envelope
-    head, which corrects the decoded spectral envelope towards the input's, ``envelope_weight``
-    of the way in log power (:mod:`vqgen.tokenizers.envelope`; trained after the codec, the codec
-    frozen: :meth:`AudioTokenizer.attach_envelope`; ``forward`` trains the codec without it).
+    absent; a complex codec only) gives the decoder an envelope head, which corrects the decoded
+    spectral envelope towards the input's, ``envelope_weight`` of the way in log power
+    (:mod:`vqgen.tokenizers.envelope`; trained after the codec, the codec frozen:
+    :meth:`AudioTokenizer.attach_envelope`; ``forward`` trains the codec without it, and the
+    encoder's code search scores the decode before it).
     """
 
     sample_rate: int = 16000

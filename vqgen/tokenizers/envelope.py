@@ -6,19 +6,19 @@ of its energy above 3 kHz and scores STOI 0.80 at SI-SDR +6.1 dB. Its phase is g
 decode under the true spectral envelope (smoothed over 4 bins, moved half to three quarters of
 the way in dB) scores +6.2 dB and STOI 0.93-0.96 (benchmarks/RESULTS.md). The envelope is what
 the codes already carry but the decoder hedged away; this head predicts it back from the codes.
-It adds no bits: it reads only what the decoder reads.
+It adds no bits: it reads only what the decoder reads. It is a post-filter: the encoder's code
+search scores the codec's decode before it, as a CELP coder's search ignores its post-filter.
 
 What it computes, per STFT frame (``B`` clips, ``F`` bins, ``N`` frames):
 
-- ``E(C)``: the codec's decoded power spectrum (at its ``output_gain`` when the head was trained,
-  ``input_gain``), smoothed over
-  ``smooth_bins`` bins either side with a triangle (:func:`smooth_bins`), as ``log(E + floor)``;
+- ``E(C)``: the codec's decoded power spectrum (at ``input_gain``, its ``output_gain`` when the
+  head was trained), smoothed over ``smooth_bins`` bins either side with a triangle
+  (:func:`smooth_bins`), as ``log(E + floor)``;
 - the head: a residual conv stack over frames reading the quantized latent ``(B, D, N)`` (what
-  the decoder reads) and ``log E(C)``, predicting
-  ``d`` ``(B, F, N)``, the log correction towards the input's envelope ``log E(X)``. It is trained
-  with the codec frozen, on the distance of ``log E(C) + d`` to ``log E(X)`` in mel bands and bin
-  by bin (:class:`EnvelopeHeadConfig`). Its last conv starts at zero, so a fresh head changes
-  nothing;
+  the decoder reads) and ``log E(C)``, predicting ``d`` ``(B, F, N)``, the log correction
+  towards the input's envelope ``log E(X)``. It is trained with the codec frozen, on the
+  distance of ``log E(C) + d`` to ``log E(X)`` in mel bands and bin by bin
+  (:class:`EnvelopeHeadConfig`). Its last conv starts at zero, so a fresh head changes nothing;
 - the corrected spectrum: every bin of the codec's complex spectrum times
   ``exp(weight * d / 2)`` in magnitude (its phase and fine structure kept), ``weight`` (the
   codec's ``envelope_weight``) the share of the correction applied: the part the codes cannot
