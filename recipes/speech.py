@@ -258,14 +258,15 @@ def calibrate_codec_level(tokenizer: AudioTokenizer, data: RecipeData, enabled: 
     """With ``enabled`` (``tokenizer.calibrate_level``), give a complex codec that has no output
     gain yet (``output_gain`` 1; with ``again``, any complex codec: a new envelope head moves the
     level) the gain that brings its decoded level back to its input's,
-    measured on the first 2 s of 32 training clips spread over the classes
+    measured on the first second of 16 training clips spread over the classes (with the code
+    search: ~20 s on the speech full preset)
     (:meth:`AudioTokenizer.calibrate_level`; the SI-SDR term leaves the level free, and the
     speech codec trained with it decodes about 9 dB low); saved to ``model_dir`` when given."""
     if not enabled or tokenizer.config.phase_free or (tokenizer.config.output_gain != 1.0 and not again):
         return tokenizer
-    index = spread_over_classes(list(range(len(data.train))), data.train.labels, 32)
+    index = spread_over_classes(list(range(len(data.train))), data.train.labels, 16)
     device = next(tokenizer.parameters()).device
-    gain = tokenizer.calibrate_level(fixed_length(data.train, index, 2.0).to(device))
+    gain = tokenizer.calibrate_level(fixed_length(data.train, index, 1.0).to(device))
     tokenizer.config = dataclasses.replace(tokenizer.config, output_gain=round(gain, 4))
     print(f"tokenizer: output gain {tokenizer.config.output_gain:g} ({20 * np.log10(gain):+.1f} dB) "
           f"restores the input's level")
@@ -280,9 +281,11 @@ def fit_envelope_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, ru
     (:mod:`vqgen.tokenizers.envelope`), trained with ``envelope_head_train`` on its frozen
     greedy decodes of every training clip at each level count of ``levels`` (null: 1 .. Q) in
     ``window_seconds`` windows, into ``run_dir/envelope_head`` (resuming; the eval lines score
-    the head's loss on ``monitor``); then applied ``weight`` of the way, the codec's level
-    calibrated again (``tokenizer.calibrate_level``: the head moves it) and the codec saved again
-    to ``model_dir`` when given. A codec that has a head keeps it (only ``weight`` is updated).
+    the head's loss on ``monitor``); then applied ``weight`` of the way; with
+    ``envelope_codec_train.steps`` trained on together with the codec (:func:`fit_codec_with_head`)
+    and then, with ``envelope_refine_train.steps``, on its own again on that codec's decodes
+    (``run_dir/envelope_refine``); the codec's level calibrated again (``tokenizer.calibrate_level``: the head moves it) and the
+    codec saved again to ``model_dir`` when given. A codec that has a head keeps it (only ``weight`` is updated).
     Returns the codec and the head's training seconds."""
     section = cfg["envelope_head"]
     weight = section["weight"]
@@ -292,17 +295,39 @@ def fit_envelope_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, ru
             if model_dir is not None:
                 tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
         return tokenizer, 0.0
-    head_config = dataclasses.replace(tokenizer.config, envelope=section["overrides"]).envelope_config()
+    head = EnvelopeHead(dataclasses.replace(tokenizer.config, envelope=section["overrides"]).envelope_config())
+    seconds = train_envelope_head(cfg, tokenizer, head.to(device), data, run_dir, device, monitor, "envelope_head")
+    tokenizer.attach_envelope(head, weight)
+    if cfg["envelope_codec_train"]["steps"]:
+        tokenizer, codec_seconds = fit_codec_with_head(cfg, tokenizer, data, run_dir, device, monitor)
+        seconds += codec_seconds
+        if cfg["envelope_refine_train"]["steps"]:  # the head again, on the codec it now serves
+            seconds += train_envelope_head(cfg, tokenizer, tokenizer.envelope, data, run_dir, device, monitor,
+                                           "envelope_refine")
+    if cfg["tokenizer"]["calibrate_level"]:  # the head moves the level: calibrated again (and saved)
+        return calibrate_codec_level(tokenizer, data, True, model_dir, again=True), seconds
+    if model_dir is not None:
+        tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
+    return tokenizer, seconds
+
+
+def train_envelope_head(cfg: dict, tokenizer: AudioTokenizer, head: EnvelopeHead, data: RecipeData,
+                        run_dir: Path, device, monitor: torch.Tensor, component: str) -> float:
+    """Train ``head`` in place with ``cfg[component + "_train"]`` into ``run_dir/<component>``
+    (resuming) on the frozen ``tokenizer``'s greedy decodes of every training clip at each level
+    count of ``envelope_head.levels`` in ``window_seconds`` windows (the eval lines score the
+    head's loss on ``monitor``); returns the training seconds."""
+    section = cfg["envelope_head"]
     levels = section["levels"] or list(range(1, tokenizer.num_codebooks + 1))
     window = max(1, round(section["window_seconds"] * tokenizer.sample_rate / tokenizer.config.stft_hop))
-    progress = (lambda it: tqdm(it, desc="envelope head data", dynamic_ncols=True, mininterval=10.0)) \
+    progress = (lambda it: tqdm(it, desc=f"{component} data", dynamic_ncols=True, mininterval=10.0)) \
         if cfg["progress"] else (lambda it: it)
     clips = [data.train.clip(i).reshape(-1) for i in range(len(data.train))]
-    examples = envelope_examples(tokenizer, clips, head_config, levels, window, progress)
-    held_out = envelope_examples(tokenizer, list(monitor[:, 0].cpu()), head_config,
+    examples = envelope_examples(tokenizer, clips, head.config, levels, window, progress)
+    held_out = envelope_examples(tokenizer, list(monitor[:, 0].cpu()), head.config,
                                  [tokenizer.num_codebooks], window)
     check = [torch.stack(t).to(device) for t in zip(*(held_out[i] for i in range(len(held_out))))]
-    print(f"envelope head: {len(examples)} windows of {window} frames (level counts {levels})")
+    print(f"{component}: {len(examples)} windows of {window} frames (level counts {levels})")
 
     def step(model, batch):
         return model.loss(*batch), {}
@@ -310,19 +335,42 @@ def fit_envelope_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, ru
     def evaluate(model):
         return {"test_envelope_loss": float(model.loss(*check))}
 
-    train_cfg = build_config(TrainConfig, cfg["envelope_head_train"], seed=cfg["seed"], device=str(device),
+    train_cfg = build_config(TrainConfig, cfg[component + "_train"], seed=cfg["seed"], device=str(device),
                              progress=cfg["progress"])
-    head = EnvelopeHead(head_config).to(device)
-    result = train(head, examples, run_dir, train_cfg, component="envelope_head", step_fn=step, eval_fn=evaluate)
+    result = train(head, examples, run_dir, train_cfg, component=component, step_fn=step, eval_fn=evaluate)
     with torch.no_grad():  # train() leaves the trained (or, when finished before, the saved) weights in head
-        print(f"envelope head: held-out loss {float(head.loss(*check)):.3f} "
-              f"(codec alone {float(EnvelopeHead(head_config).to(device).loss(*check)):.3f}), "
-              f"applied x {weight:g}")
-    tokenizer.attach_envelope(head, weight)
-    if cfg["tokenizer"]["calibrate_level"]:  # the head moves the level: calibrated again (and saved)
-        return calibrate_codec_level(tokenizer, data, True, model_dir, again=True), result.seconds
-    if model_dir is not None:
-        tokenizer.save_pretrained(model_dir, train_step=read_train_step(model_dir))
+        print(f"{component}: held-out loss {float(head.loss(*check)):.3f} "
+              f"(codec alone {float(EnvelopeHead(head.config).to(device).loss(*check)):.3f})")
+    return result.seconds
+
+
+def fit_codec_with_head(cfg: dict, tokenizer: AudioTokenizer, data: RecipeData, run_dir: Path, device,
+                        monitor: torch.Tensor) -> tuple[AudioTokenizer, float]:
+    """``envelope_codec_train`` (steps > 0): the codec and its just-trained envelope head trained
+    together on ``envelope_head.window_seconds`` crops of the training clips, the codec's loss
+    plus ``envelope_head.codec_loss_weight`` x the head's (``AudioTokenizerConfig.
+    envelope_loss_weight``: the encoder learns to put into the codes what the head needs), into
+    ``run_dir/envelope_codec`` (resuming; the eval lines score greedy SI-SDR on ``monitor``).
+    Returns the codec with its head, and the training seconds."""
+    section = cfg["envelope_head"]
+    tokenizer.config = dataclasses.replace(tokenizer.config, envelope_loss_weight=section["codec_loss_weight"])
+
+    def step(model, batch):
+        out = model(batch[0])
+        return out.loss, dict(out.metrics)
+
+    def evaluate(model):
+        recon = model.decode(model.encode(monitor, search=0), length=monitor.shape[-1])
+        return {"test_si_sdr": AM.si_sdr(recon, monitor)}
+
+    segment = int(section["window_seconds"] * tokenizer.sample_rate)
+    train_cfg = build_config(TrainConfig, cfg["envelope_codec_train"], seed=cfg["seed"], device=str(device),
+                             progress=cfg["progress"])
+    result = train(tokenizer.train(), ClipSegments(data.train, segment), run_dir, train_cfg,
+                   component="envelope_codec", step_fn=step, eval_fn=evaluate)
+    tokenizer = AudioTokenizer.from_pretrained(run_dir / "envelope_codec").to(device).eval()
+    print(f"envelope codec: codec and head trained together {train_cfg.steps} steps "
+          f"(head loss x {section['codec_loss_weight']:g})")
     return tokenizer, result.seconds
 
 
@@ -345,6 +393,7 @@ def check_codec(cfg: dict) -> None:
         w = eh["window_seconds"]
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             raise ValueError(f"envelope_head.window_seconds: expected a number > 0, got {w!r}")
+        dataclasses.replace(codec.config, envelope_loss_weight=eh["codec_loss_weight"])
     if not cfg["hybrid"]["enabled"]:
         return
     if not cfg["prior_tokenizer"]["enabled"]:
@@ -399,8 +448,10 @@ def main(argv=None, modality: Modality = SPEECH) -> dict:
     device = resolve_device(cfg["device"]) if dist.world_size == 1 else dist.device
     run_dir = Path(cfg["runs"]) / cfg["name"]
     main_rank = is_main_process()
-    start_run(run_dir, cfg, main=main_rank, train_sections=("tokenizer_train", "envelope_head_train",
-                                                             "prior_tokenizer_train", "prior_train"))
+    optional = [k for k in ("envelope_codec_train", "envelope_refine_train") if cfg[k]["steps"] != 0]  # 0: off
+    start_run(run_dir, cfg, main=main_rank,
+              train_sections=("tokenizer_train", "envelope_head_train", *optional, "prior_tokenizer_train",
+                              "prior_train"))
     torch.manual_seed(cfg["seed"])
     t_start = time.time()
 

@@ -169,3 +169,69 @@ def test_the_code_search_scores_the_decode_before_the_head():
     codec.attach_envelope(head, weight=1.0)
     assert torch.equal(codec.encode(clip, search=4), plain_codes)
     assert not torch.allclose(codec.decode(plain_codes), plain)
+
+
+def test_band_envelope_correlation_is_stoi_like():
+    """1 for the same envelopes, whatever each band's level (STOI normalises per band and
+    segment); lower for a time course that is not the target's; too few frames raise."""
+    from vqgen.tokenizers.envelope import band_envelope_correlation, third_octave_bands
+    bands = third_octave_bands(321, RATE)
+    assert bands.shape == (321, 15) and bool((bands.sum(0) >= 1).all())
+    freqs = torch.arange(321) * 25.0
+    assert float(freqs[bands[:, 0].bool()].min()) >= 150 * 2 ** (-1 / 6)
+    assert 4000 < float(freqs[bands[:, -1].bool()].max()) < 150 * 2 ** (14 / 3 + 1 / 6)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, 321, 60, generator=g)
+    assert float(band_envelope_correlation(target, target, bands, 38)) == pytest.approx(1.0, abs=1e-5)
+    louder = target + torch.linspace(-3, 3, 321)[None, :, None]     # a fixed tilt: levels per bin
+    assert float(band_envelope_correlation(louder, target, bands, 38)) > 0.97
+    assert float(band_envelope_correlation(target.flip(-1), target, bands, 38)) < 0.5
+    with pytest.raises(ValueError, match="expected at least 38 frames, got 20"):
+        band_envelope_correlation(target[..., :20], target[..., :20], bands, 38)
+
+
+def test_the_stoi_term_adds_to_the_loss_and_is_validated():
+    """stoi_weight x (1 - correlation) of the envelope corrected applied_weight of the way: a
+    fresh head (d = 0) scores the codec's own envelope; a perfect one scores 0."""
+    from vqgen.tokenizers.envelope import band_envelope_correlation
+    cfg = EnvelopeHeadConfig(bins=321, latent_dim=4, channels=8, blocks=1, mel_bands=0, bin_weight=1.0,
+                             stoi_weight=2.0, applied_weight=0.5, stoi_frames=20)
+    head = EnvelopeHead(cfg)
+    g = torch.Generator().manual_seed(1)
+    target, coded = torch.randn(2, 321, 30, generator=g), torch.randn(2, 321, 30, generator=g)
+    latent = torch.randn(2, 4, 30)
+    with torch.no_grad():
+        corr = float(band_envelope_correlation(coded, target, head.octaves, 20))
+        l1 = float((coded - target).abs().mean())
+        assert float(head.loss(latent, coded, target)) == pytest.approx(l1 + 2.0 * (1 - corr), rel=1e-5)
+        assert float(head.loss(latent, target, target)) == pytest.approx(0.0, abs=1e-4)
+    for key, bad in (("stoi_weight", -1), ("applied_weight", 1.5), ("stoi_frames", 0)):
+        with pytest.raises(ValueError, match=f"EnvelopeHeadConfig.{key}: expected"):
+            build_config(EnvelopeHeadConfig, {key: bad})
+
+
+def test_codec_and_head_train_together_through_the_encoder(codec):
+    """envelope_loss_weight > 0: a forward decoding all levels adds that times the head's loss
+    (reported as envelope_loss); its gradient reaches the encoder (straight through the
+    quantizer) and the head, never the decoder. Fewer levels or weight 0: no such term."""
+    clip = torch.stack(tones(2))[:, None]
+    codec.attach_envelope(EnvelopeHead(codec.config.envelope_config()), 0.5)
+    torch.nn.init.normal_(codec.envelope.conv_out.weight, std=0.01)   # a head that says something
+    assert "envelope_loss" not in codec(clip, num_codebooks=4).metrics  # weight 0: the codec alone
+    codec.config = dataclasses.replace(codec.config, envelope_loss_weight=2.0)
+    assert "envelope_loss" not in codec(clip, num_codebooks=2).metrics
+    joint = codec(clip, num_codebooks=4)                              # eval mode: no codebook update
+    codec.config = dataclasses.replace(codec.config, envelope_loss_weight=0.0)
+    alone = codec(clip, num_codebooks=4)
+    head_loss = joint.metrics["envelope_loss"]
+    assert float(head_loss) > 0
+    assert float((joint.loss - alone.loss).detach()) == pytest.approx(2.0 * float(head_loss), rel=1e-4)
+    codec.zero_grad()
+    (joint.loss - alone.loss).backward()                              # the head's term alone
+    norms = {part: sum(float(p.grad.abs().sum()) for n, p in codec.named_parameters()
+                       if n.startswith(part + ".") and p.grad is not None)
+             for part in ("encoder", "decoder", "envelope")}
+    assert norms["encoder"] > 0 and norms["envelope"] > 0
+    assert norms["decoder"] <= 1e-6 * norms["encoder"]
+    with pytest.raises(ValueError, match="envelope_loss_weight a finite number >= 0, got -1"):
+        AudioTokenizer.from_config(dict(vars(codec.config)), envelope_loss_weight=-1)

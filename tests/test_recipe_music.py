@@ -110,6 +110,14 @@ def test_hybrid_that_cannot_be_joined_fails_before_training(tmp_path, load_recip
                                                                "envelope_head.overrides.depth=2"])
     with pytest.raises(ValueError, match="config key 'tokenizer.calibrate_level' expects true/false, got 2"):
         load_recipe("music").main(tiny_audio_args(tmp_path) + ["tokenizer.calibrate_level=2"])
+    with pytest.raises(ValueError, match=r"envelope_loss_weight a finite number >= 0, got -1"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["envelope_head.enabled=true",
+                                                               "envelope_head.codec_loss_weight=-1"])
+    with pytest.raises(ValueError, match=r"EnvelopeHeadConfig.stoi_weight: expected a number in \[0, inf\], got -2"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["envelope_head.enabled=true",
+                                                               "envelope_head.overrides.stoi_weight=-2"])
+    with pytest.raises(ValueError, match="config 'envelope_codec_train': TrainConfig.steps must be an int >= 1, got -1"):
+        load_recipe("music").main(tiny_audio_args(tmp_path) + ["envelope_codec_train.steps=-1"])   # 0: off
     assert not (tmp_path / "runs" / "smoke").exists() and not (tmp_path / "data").exists()
 
 
@@ -132,7 +140,11 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
         "tokenizer.search.candidates=3", "hybrid.search.candidates=2",
         "envelope_head.enabled=true", "envelope_head.overrides.channels=8", "envelope_head.levels=[1, 4]",
         "envelope_head.window_seconds=0.2", "envelope_head_train.steps=4", "envelope_head_train.batch_size=4",
-        "envelope_head_train.warmup_steps=1", "envelope_head_train.eval_every=2"]
+        "envelope_head_train.warmup_steps=1", "envelope_head_train.eval_every=2",
+        "envelope_codec_train.steps=2", "envelope_codec_train.batch_size=2", "envelope_codec_train.warmup_steps=1",
+        "envelope_codec_train.eval_every=2", "envelope_head.overrides.stoi_weight=1.0",
+        "envelope_refine_train.steps=2", "envelope_refine_train.batch_size=2", "envelope_refine_train.warmup_steps=1",
+        "envelope_head.overrides.stoi_frames=10"]
     metrics = load_recipe("music").main(argv)
     run_dir = tmp_path / "runs" / "smoke"
     assert metrics["prior_tokenizer_bitrate_kbps"] == pytest.approx(0.3)      # 1 level x 64 at 50 Hz
@@ -149,15 +161,27 @@ def test_prior_over_a_phase_free_tokenizer(tmp_path, load_recipe, tiny_audio_arg
     # its phase levels against its own decode (hybrid.search), from the codec's greedy codes
     codec = load_model(run_dir / "tokenizer")
     assert codec.config.search_candidates == 3 and hybrid.config.search_candidates == 2
-    # envelope_head: trained on the frozen codec into run_dir/envelope_head, then part of the
-    # saved codec (and so of the hybrid's phase part), applied envelope_head.weight of the way
+    # envelope_head: trained on the frozen codec into run_dir/envelope_head (with the STOI term),
+    # then the codec and head trained together (envelope_codec_train, run_dir/envelope_codec):
+    # that codec, with its head applied envelope_head.weight of the way, is the saved codec (and
+    # so the hybrid's phase part)
     head = load_model(run_dir / "envelope_head")
     assert type(head).__name__ == "EnvelopeHead" and head.config.channels == 8
+    assert head.config.stoi_weight == 1.0
     assert codec.envelope is not None and codec.config.envelope_weight == 0.75
-    assert all(torch.equal(v, codec.envelope.state_dict()[k]) for k, v in head.state_dict().items())
+    assert codec.config.envelope_loss_weight == 1.0
+    # then the head trained again on that codec (envelope_refine_train, run_dir/envelope_refine)
+    joint, refined = load_model(run_dir / "envelope_codec"), load_model(run_dir / "envelope_refine")
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in joint.state_dict().items()
+               if not k.startswith("envelope."))
+    assert all(torch.equal(v, codec.envelope.state_dict()[k]) for k, v in refined.state_dict().items())
+    assert not all(torch.equal(v, joint.envelope.state_dict()[k]) for k, v in refined.state_dict().items())
+    assert not all(torch.equal(v, codec.envelope.state_dict()[k]) for k, v in head.state_dict().items())
     assert hybrid.phase.config.envelope == codec.config.envelope
     logged = [json.loads(line) for line in (run_dir / "logs" / "envelope_head.jsonl").read_text().splitlines()]
     assert any("test_envelope_loss" in r for r in logged)
+    logged = [json.loads(line) for line in (run_dir / "logs" / "envelope_codec.jsonl").read_text().splitlines()]
+    assert any("test_si_sdr" in r for r in logged)
     clip = torch.randn(1, 1, 3200) * 0.1
     assert torch.equal(hybrid.encode(clip, search=0)[:, 1:], codec.encode(clip, search=0)[:, :3])
     assert torch.equal(hybrid.encode(clip)[:, :2], hybrid.encode(clip, search=0)[:, :2])

@@ -566,7 +566,7 @@ def _apply_new_lr(state: dict[str, Any], config: TrainConfig, optimizer: torch.o
               f"(it was {saved:g})", file=sys.stderr)
 
 
-COMPONENTS = ("tokenizer", "prior", "prior_tokenizer", "envelope_head")
+COMPONENTS = ("tokenizer", "prior", "prior_tokenizer", "envelope_head", "envelope_codec", "envelope_refine")
 
 
 @locks_run_dir

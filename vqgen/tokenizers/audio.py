@@ -36,7 +36,7 @@ from ..data.audio import check_sample_rate, read_audio, resample, write_audio
 from ..losses import AudioLossConfig, AudioReconstructionLoss, compress, stacked_magnitude
 from .base import Tokenizer, TokenizerOutput
 from .code_search import search_codes
-from .envelope import EnvelopeHead, EnvelopeHeadConfig
+from .envelope import EnvelopeHead, EnvelopeHeadConfig, decoded_power, log_envelope
 from .layers import ConvNeXtBlock1d, ResBlock
 from .quantizers import QuantizerOutput, ResidualVQ
 
@@ -82,8 +82,12 @@ class AudioTokenizerConfig:
     absent; a complex codec only) gives the decoder an envelope head, which corrects the decoded
     spectral envelope towards the input's, ``envelope_weight`` of the way in log power
     (:mod:`vqgen.tokenizers.envelope`; trained after the codec, the codec frozen:
-    :meth:`AudioTokenizer.attach_envelope`; ``forward`` trains the codec without it, and the
-    encoder's code search scores the decode before it).
+    :meth:`AudioTokenizer.attach_envelope`; the encoder's code search scores the decode before
+    it). ``forward`` trains the codec without the head's correction; ``envelope_loss_weight`` >
+    0 (with a head) adds that times the head's loss on every forward that decodes all levels,
+    so the codec and its head train together: the head's gradient reaches the encoder through
+    the quantizer's straight-through path (the encoder learns to put the envelope into the
+    codes), not the decoder (its decode enters the head's loss detached).
     """
 
     sample_rate: int = 16000
@@ -125,6 +129,7 @@ class AudioTokenizerConfig:
     output_gain: float = 1.0            # decode: the waveform is multiplied by this (calibrate_level)
     envelope: dict = field(default_factory=dict)   # EnvelopeHeadConfig fields ({}: no envelope head)
     envelope_weight: float = 1.0        # decode: the share of the envelope head's correction applied
+    envelope_loss_weight: float = 0.0   # forward: weight of the head's loss (0: the codec alone)
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str, got: Any) -> None:
@@ -186,6 +191,9 @@ class AudioTokenizerConfig:
                  f"{self.sample_rate} (this codec's)", (head.bins, head.latent_dim, head.sample_rate))
         need(isinstance(self.envelope_weight, (int, float)) and not isinstance(self.envelope_weight, bool)
              and 0.0 <= self.envelope_weight <= 1.0, "envelope_weight a number in [0, 1]", self.envelope_weight)
+        need(isinstance(self.envelope_loss_weight, (int, float)) and not isinstance(self.envelope_loss_weight, bool)
+             and math.isfinite(self.envelope_loss_weight) and self.envelope_loss_weight >= 0,
+             "envelope_loss_weight a finite number >= 0", self.envelope_loss_weight)
         need(self.chunk_seconds > 2 * self.overlap_seconds >= 0,
              "chunk_seconds > 2 * overlap_seconds >= 0", (self.chunk_seconds, self.overlap_seconds))
         if isinstance(self.loss, AudioLossConfig):
@@ -627,7 +635,8 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
     @torch.no_grad()
     def calibrate_level(self, wave: Tensor, sample_rate: int | None = None) -> float:
         """Set ``config.output_gain`` so that ``decode(encode(wave))`` (all levels, the configured
-        encoder) comes back at ``wave``'s level: the gain is the ratio of the input's RMS to the
+        encoder: on the speech full preset greedy codes decode 2 dB louder than searched ones)
+        comes back at ``wave``'s level: the gain is the ratio of the input's RMS to the
         decoded RMS over all of ``wave`` ``(B, 1, T)`` (typical material, e.g. training clips).
         Changes no weight and no code; scale-invariant scores (SI-SDR, STOI) stay as they were.
         Returns the new gain."""
@@ -674,6 +683,8 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
             n = None
         else:
             n = self._forward_levels(num_codebooks)
+            if n is None and self._envelope_loss_on():   # the head's loss needs to know the count
+                n = self.quantizer.draw_levels()
             q = self.quantizer(z, n_quantizers=n, lead=lead)
         spec = self.decoder(q.quantized.to(self.decoder.conv_in.weight.dtype).transpose(1, 2))
         if self.config.phase_free:  # predicted magnitudes under the input's phase
@@ -685,8 +696,26 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
         vq_loss = q.loss.float()
         metrics = {"recon_loss": recon_loss.detach(), "vq_loss": vq_loss.detach(), **terms,
                    **{k: q.metrics[k].detach() for k in ("perplexity", "usage", "dead_codes", "n_quantizers")}}
-        return TokenizerOutput(recon=recon, codes=q.codes.transpose(1, 2), loss=recon_loss + vq_loss,
-                               metrics=metrics)
+        loss = recon_loss + vq_loss
+        if n == self.num_codebooks and self._envelope_loss_on():
+            head_loss = self._envelope_loss(q.quantized, spec, x_pad)
+            loss = loss + self.config.envelope_loss_weight * head_loss
+            metrics["envelope_loss"] = head_loss.detach()
+        return TokenizerOutput(recon=recon, codes=q.codes.transpose(1, 2), loss=loss, metrics=metrics)
+
+    def _envelope_loss_on(self) -> bool:
+        return self.envelope is not None and self.config.envelope_loss_weight > 0 and not self.config.phase_free
+
+    def _envelope_loss(self, quantized: Tensor, spec: Tensor, x_pad: Tensor) -> Tensor:
+        """The envelope head's loss (:meth:`EnvelopeHead.loss`) on one training forward: the
+        quantized latent ``(B, M, D)`` (straight-through: its gradient reaches the encoder), the
+        decoded spectrum ``spec`` (detached) and the padded input ``x_pad`` ``(B, T)``."""
+        c = self.envelope.config
+        coded = log_envelope(decoded_power(spec.detach(), self.config.power, c.input_gain), c.smooth_bins, c.floor)
+        frames = coded.shape[-1]
+        target = log_envelope(self.spectral.stft(x_pad).abs().square()[..., :frames], c.smooth_bins, c.floor)
+        latent = quantized.to(self.envelope.conv_in.weight.dtype).transpose(1, 2)
+        return self.envelope.loss(latent, coded, target)
 
     def _forward_levels(self, num_codebooks: int | None) -> int | None:
         """Levels one quantized forward decodes: ``num_codebooks`` when given; without

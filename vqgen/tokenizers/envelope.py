@@ -18,7 +18,9 @@ What it computes, per STFT frame (``B`` clips, ``F`` bins, ``N`` frames):
   the decoder reads) and ``log E(C)``, predicting ``d`` ``(B, F, N)``, the log correction
   towards the input's envelope ``log E(X)``. It is trained with the codec frozen, on the
   distance of ``log E(C) + d`` to ``log E(X)`` in mel bands and bin by bin
-  (:class:`EnvelopeHeadConfig`). Its last conv starts at zero, so a fresh head changes nothing;
+  (:class:`EnvelopeHeadConfig`), optionally plus a short-time band-envelope correlation term
+  (``stoi_weight``: what STOI scores, made differentiable). Its last conv starts at zero, so a
+  fresh head changes nothing;
 - the corrected spectrum: every bin of the codec's complex spectrum times
   ``exp(weight * d / 2)`` in magnitude (its phase and fine structure kept), ``weight`` (the
   codec's ``envelope_weight``) the share of the correction applied: the part the codes cannot
@@ -26,7 +28,10 @@ What it computes, per STFT frame (``B`` clips, ``F`` bins, ``N`` frames):
 
 :class:`vqgen.tokenizers.audio.AudioTokenizer` holds one when its config's ``envelope`` is set;
 :func:`envelope_examples` and :class:`EnvelopeWindows` give a head its training data from a
-trained codec (the audio recipes' ``envelope_head`` stage).
+trained codec (the audio recipes' ``envelope_head`` stage). Trained on a frozen codec, a head can
+only predict what the codes happen to carry; ``AudioTokenizerConfig.envelope_loss_weight`` then
+trains the codec and its head together (the recipes' ``envelope_codec_train``), so that the
+encoder learns to code what the head needs.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .audio import AudioTokenizer
 
 __all__ = ["EnvelopeHeadConfig", "EnvelopeHead", "EnvelopeWindows", "envelope_examples", "smooth_bins",
-           "log_envelope", "decoded_power"]
+           "log_envelope", "decoded_power", "third_octave_bands", "band_envelope_correlation"]
 
 
 def smooth_bins(power: Tensor, bins: int) -> Tensor:
@@ -67,6 +72,39 @@ def decoded_power(spec: Tensor, power: float, gain: float) -> Tensor:
     return (re.square() + im.square()).pow(1.0 / power) * gain ** 2
 
 
+def third_octave_bands(bins: int, sample_rate: int, num: int = 15, low: float = 150.0) -> Tensor:
+    """``(bins, num)`` 0/1 matrix of STOI's one-third-octave bands: centre ``low * 2 ** (k /
+    3)``, edges a sixth of an octave either side, over the ``bins`` STFT bins of 0 ..
+    ``sample_rate / 2`` (as STOI's 15 bands from 150 Hz, up to about 4.3 kHz)."""
+    freqs = torch.arange(bins, dtype=torch.float64) * (sample_rate / 2) / (bins - 1)
+    centre = low * 2.0 ** (torch.arange(num, dtype=torch.float64) / 3)
+    edges_lo, edges_hi = centre * 2.0 ** (-1 / 6), centre * 2.0 ** (1 / 6)
+    return ((freqs[:, None] >= edges_lo) & (freqs[:, None] < edges_hi)).float()
+
+
+def band_envelope_correlation(log_power: Tensor, target_log_power: Tensor, bands: Tensor, frames: int,
+                              dynamic_range: float = 40.0) -> Tensor:
+    """STOI's core, made differentiable: the band envelopes (square roots of band powers,
+    ``bands`` ``(F, K)``) of two log power spectra ``(B, F, N)`` correlated over ``frames``-frame
+    segments (hop ``frames // 6``), each segment weighted by the share of its frames within
+    ``dynamic_range`` dB of the loudest target frame of its clip (STOI drops quieter frames);
+    the weighted mean correlation over bands and segments, a scalar in [-1, 1]. Unlike STOI it
+    neither clips nor resamples: a training signal, not the metric (that is torchmetrics')."""
+    n = log_power.shape[-1]
+    if n < frames:
+        raise ValueError(f"band_envelope_correlation: expected at least {frames} frames, got {n}")
+    hop = max(1, frames // 6)
+    env_y = torch.einsum("bfn,fk->bkn", log_power.float().exp(), bands).clamp(min=1e-10).sqrt()
+    env_x = torch.einsum("bfn,fk->bkn", target_log_power.float().exp(), bands).clamp(min=1e-10).sqrt()
+    level = target_log_power.float().exp().sum(1).clamp(min=1e-20).log10().mul(10)          # (B, N) dB
+    active = (level >= level.amax(-1, keepdim=True) - dynamic_range).float()
+    seg_y, seg_x = env_y.unfold(-1, frames, hop), env_x.unfold(-1, frames, hop)             # (B, K, S, frames)
+    seg_y, seg_x = seg_y - seg_y.mean(-1, keepdim=True), seg_x - seg_x.mean(-1, keepdim=True)
+    corr = (seg_y * seg_x).sum(-1) / (seg_y.norm(dim=-1) * seg_x.norm(dim=-1) + 1e-8)     # (B, K, S)
+    weight = active.unfold(-1, frames, hop).mean(-1)[:, None]                                # (B, 1, S)
+    return (corr * weight).sum() / (weight.sum() * corr.shape[1]).clamp(min=1e-8)
+
+
 def log_envelope(power: Tensor, bins: int, floor: float) -> Tensor:
     """Power spectrum ``(B, F, N)`` -> ``log(smooth_bins(power, bins) + floor)``."""
     return smooth_bins(power.float(), bins).add(floor).log()
@@ -81,7 +119,12 @@ class EnvelopeHeadConfig:
     L1 distance of log energies in ``mel_bands`` mel bands (triangles over 0 .. ``sample_rate``
     / 2, each normalised to sum 1; 0: none) plus ``bin_weight`` times the L1 distance bin by bin;
     the band term scores what a listener hears of the envelope, not the bin-level noise of a
-    noisy band, which no code can predict. ``input_gain``: the codec's ``output_gain`` when the
+    noisy band, which no code can predict. ``stoi_weight`` (0: off) adds that times ``1 -``
+    :func:`band_envelope_correlation` of the envelope corrected ``applied_weight`` of the way
+    (the share the codec will apply, its ``envelope_weight``) in STOI's one-third-octave bands
+    over ``stoi_frames``-frame segments (384 ms at 100 frames/s): an L1 fit in dB gives a
+    conditional median, flatter in time than speech, and STOI scores exactly that time course.
+    ``input_gain``: the codec's ``output_gain`` when the
     head was trained; ``log E(C)`` is always measured at it, so the codec's level can be
     calibrated again afterwards without moving the head's inputs."""
 
@@ -96,9 +139,12 @@ class EnvelopeHeadConfig:
     mel_bands: int = 40
     bin_weight: float = 0.25
     input_gain: float = 1.0
+    stoi_weight: float = 0.0
+    applied_weight: float = 1.0
+    stoi_frames: int = 38
 
     def __post_init__(self) -> None:
-        for name in ("bins", "latent_dim", "channels", "blocks", "kernel_size", "sample_rate"):
+        for name in ("bins", "latent_dim", "channels", "blocks", "kernel_size", "sample_rate", "stoi_frames"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"EnvelopeHeadConfig.{name}: expected a positive int, got {v!r}")
@@ -118,6 +164,10 @@ class EnvelopeHeadConfig:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 or (m == 0 and w == 0):
             raise ValueError(f"EnvelopeHeadConfig.bin_weight: expected a number >= 0 (> 0 without mel_bands), "
                              f"got {w!r}")
+        for name, hi in (("stoi_weight", math.inf), ("applied_weight", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
+                raise ValueError(f"EnvelopeHeadConfig.{name}: expected a number in [0, {hi:g}], got {v!r}")
 
 
 class EnvelopeHead(ConfigModel):
@@ -141,6 +191,8 @@ class EnvelopeHead(ConfigModel):
             fb = torchaudio.functional.melscale_fbanks(config.bins, 0.0, config.sample_rate / 2, config.mel_bands,
                                                        config.sample_rate, norm="slaney", mel_scale="slaney")
             self.register_buffer("mel", fb / fb.sum(0, keepdim=True).clamp(min=1e-12), persistent=False)
+        if config.stoi_weight:
+            self.register_buffer("octaves", third_octave_bands(config.bins, config.sample_rate), persistent=False)
 
     def forward(self, latent: Tensor, envelope: Tensor) -> Tensor:
         """``latent`` ``(B, D, M)`` at the code frame rate (``N`` a multiple of ``M``: each code
@@ -167,9 +219,15 @@ class EnvelopeHead(ConfigModel):
     def loss(self, latent: Tensor, coded: Tensor, target: Tensor) -> Tensor:
         """The mel-band L1 of log energies plus ``bin_weight`` x the mean ``|log E(C) + d - log
         E(X)|`` over bins and frames (``coded`` = ``log E(C)``, ``target`` = ``log E(X)``, both
-        ``(B, bins, N)``; :class:`EnvelopeHeadConfig`)."""
-        predicted, target = coded.float() + self(latent, coded), target.float()
+        ``(B, bins, N)``), plus ``stoi_weight`` x (1 - the band-envelope correlation of ``log
+        E(C) + applied_weight * d`` with ``log E(X)``) (:class:`EnvelopeHeadConfig`)."""
+        d, target = self(latent, coded), target.float()
+        predicted = coded.float() + d
         loss = self.config.bin_weight * (predicted - target).abs().mean()
+        if self.config.stoi_weight:
+            applied = coded.float() + self.config.applied_weight * d
+            loss = loss + self.config.stoi_weight * (1 - band_envelope_correlation(
+                applied, target, self.octaves, min(self.config.stoi_frames, target.shape[-1])))
         if self.config.mel_bands:
             def bands(log_power: Tensor) -> Tensor:
                 return torch.einsum("bfn,fm->bmn", log_power.exp(), self.mel).add(self.config.floor).log()
