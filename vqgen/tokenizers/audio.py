@@ -36,7 +36,7 @@ from ..data.audio import check_sample_rate, read_audio, resample, write_audio
 from ..losses import AudioLossConfig, AudioReconstructionLoss, compress, stacked_magnitude
 from .base import Tokenizer, TokenizerOutput
 from .code_search import search_codes
-from .envelope import EnvelopeHead, EnvelopeHeadConfig, decoded_power, log_envelope
+from .envelope import EnvelopeHead, EnvelopeHeadConfig, coded_envelope, input_envelope
 from .layers import ConvNeXtBlock1d, ResBlock
 from .quantizers import QuantizerOutput, ResidualVQ
 
@@ -711,9 +711,8 @@ class AudioTokenizer(AudioCodesMixin, Tokenizer):
         quantized latent ``(B, M, D)`` (straight-through: its gradient reaches the encoder), the
         decoded spectrum ``spec`` (detached) and the padded input ``x_pad`` ``(B, T)``."""
         c = self.envelope.config
-        coded = log_envelope(decoded_power(spec.detach(), self.config.power, c.input_gain), c.smooth_bins, c.floor)
-        frames = coded.shape[-1]
-        target = log_envelope(self.spectral.stft(x_pad).abs().square()[..., :frames], c.smooth_bins, c.floor)
+        coded = coded_envelope(spec.detach(), self.config.power, c)
+        target = input_envelope(self.spectral.stft(x_pad)[..., :coded.shape[-1]], c)
         latent = quantized.to(self.envelope.conv_in.weight.dtype).transpose(1, 2)
         return self.envelope.loss(latent, coded, target)
 

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .audio import AudioTokenizer
 
 __all__ = ["EnvelopeHeadConfig", "EnvelopeHead", "EnvelopeWindows", "envelope_examples", "smooth_bins",
-           "log_envelope", "decoded_power", "third_octave_bands", "band_envelope_correlation"]
+           "log_envelope", "decoded_power", "coded_envelope", "input_envelope", "third_octave_bands", "band_envelope_correlation"]
 
 
 def smooth_bins(power: Tensor, bins: int) -> Tensor:
@@ -70,6 +70,17 @@ def decoded_power(spec: Tensor, power: float, gain: float) -> Tensor:
     power``) -> the power spectrum ``|X| ** 2`` ``(B, F, N)`` of its decode at ``gain``."""
     re, im = spec.float().chunk(2, dim=1)
     return (re.square() + im.square()).pow(1.0 / power) * gain ** 2
+
+
+def coded_envelope(spec: Tensor, power: float, config: "EnvelopeHeadConfig") -> Tensor:
+    """``log E(C)`` ``(B, F, N)`` of a codec's compressed complex spectrum (real | imag ``(B, 2F,
+    N)``): its decode's power at ``config.input_gain``, smoothed (:func:`log_envelope`)."""
+    return log_envelope(decoded_power(spec, power, config.input_gain), config.smooth_bins, config.floor)
+
+
+def input_envelope(stft: Tensor, config: "EnvelopeHeadConfig") -> Tensor:
+    """``log E(X)`` ``(B, F, N)`` of an input's complex STFT, smoothed (:func:`log_envelope`)."""
+    return log_envelope(stft.abs().square(), config.smooth_bins, config.floor)
 
 
 def third_octave_bands(bins: int, sample_rate: int, num: int = 15, low: float = 150.0) -> Tensor:
@@ -212,7 +223,7 @@ class EnvelopeHead(ConfigModel):
         magnitudes ``|X| ** power``) -> the same with every bin's magnitude times ``exp(weight *
         d / 2)`` (phase kept; ``log E(C)`` measured at ``input_gain``)."""
         c = self.config
-        envelope = log_envelope(decoded_power(spec, power, c.input_gain), c.smooth_bins, c.floor)
+        envelope = coded_envelope(spec, power, c)
         scale = torch.exp(0.5 * power * weight * self(latent, envelope)).repeat(1, 2, 1)  # on |X| ** power
         return spec.float() * scale
 
@@ -253,7 +264,7 @@ def envelope_examples(tokenizer: "AudioTokenizer", waves: list[Tensor], config: 
     if not levels or bad:
         raise ValueError(f"envelope_examples: expected levels, a non-empty list of ints in "
                          f"[1, {tokenizer.num_codebooks}], got {levels!r}")
-    power, gain = tokenizer.config.power, config.input_gain
+    power = tokenizer.config.power
     device = next(tokenizer.parameters()).device
     latents, coded, target = {n: [] for n in levels}, {n: [] for n in levels}, []
     for wave in progress(waves):
@@ -270,13 +281,12 @@ def envelope_examples(tokenizer: "AudioTokenizer", waves: list[Tensor], config: 
             return t[0, :, :keep].reshape(t.shape[1], -1, window).transpose(0, 1).half().cpu()
 
         stft = tokenizer.spectral.stft(x)
-        target.append(windows(log_envelope(stft.abs().square(), config.smooth_bins, config.floor)))
+        target.append(windows(input_envelope(stft, config)))
         for n in levels:
             zq = tokenizer._quantized(codes[..., :n]).transpose(1, 2)             # (1, D, f)
             spec = tokenizer.decoder(zq.to(tokenizer.decoder.conv_in.weight.dtype))
             latents[n].append(windows(zq.repeat_interleave(frames // zq.shape[-1], dim=-1)))
-            coded[n].append(windows(log_envelope(decoded_power(spec, power, gain), config.smooth_bins,
-                                                 config.floor)))
+            coded[n].append(windows(coded_envelope(spec, power, config)))
     if not target:
         raise ValueError(f"envelope_examples: expected waves of at least {window} frames "
                          f"({window * tokenizer.config.stft_hop} samples), got none that long")
