@@ -125,6 +125,52 @@ def test_optimizer_groups_skip_decay_on_biases_and_norms():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_lr_scales_give_named_parameters_their_own_lr_through_the_schedule_and_resume(tmp_path):
+    model = make_model()
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.1, lr_scales={"out": 3.0}))
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model.out.weight)] == (pytest.approx(3e-3), 0.1)
+    assert lr_of[id(model.out.bias)] == (pytest.approx(3e-3), 0.0)
+    assert lr_of[id(model.inp.weight)] == (1e-3, 0.1) and lr_of[id(model.norm.weight)] == (1e-3, 0.0)
+    assert len(lr_of) == len(list(model.parameters()))
+    for bad in ({"ou": 2.0}, {"outer": 2.0}):           # whole name components only; none matches
+        with pytest.raises(ValueError, match="lr_scales: expected prefixes.*matching none"):
+            build_optimizer(model, TrainConfig(lr_scales=bad))
+    for bad in ({"out": 0}, {"": 1.0}, ["out"]):
+        with pytest.raises(ValueError, match="lr_scales must be None or a dict"):
+            TrainConfig(lr_scales=bad)
+
+    # the scaled group follows the same warmup-cosine at 3x; a killed-and-resumed run matches
+    scaled = dict(lr_scales={"out": 3.0})
+    ref = make_model()
+    train(ref, make_data(), tmp_path / "ref", cfg(**scaled), component="tokenizer", step_fn=noisy_step)
+    state = torch.load(tmp_path / "ref" / "train_state_tokenizer.pt", weights_only=True)
+    lrs = sorted(g["lr"] for g in state["optimizer"]["param_groups"])
+    mult = warmup_cosine(3, 20, 0.1)(20)
+    assert lrs == pytest.approx([1e-2 * mult] * 2 + [3e-2 * mult] * 2)
+    plain = make_model()
+    train(plain, make_data(), tmp_path / "plain", cfg(), component="tokenizer", step_fn=noisy_step)
+    assert not torch.allclose(plain.out.weight, ref.out.weight)   # the scale changed the run
+
+    calls = {"n": 0}
+
+    def killed_at_12(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return noisy_step(model, batch)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model(), make_data(), run, cfg(**scaled), component="tokenizer", step_fn=killed_at_12)
+    with pytest.raises(ValueError, match="expected lr_scales \\{'out': 3.0\\}.*got None"):
+        train(make_model(), make_data(), run, cfg(), component="tokenizer", step_fn=noisy_step)
+    model = make_model()
+    train(model, make_data(), run, cfg(**scaled), component="tokenizer", step_fn=noisy_step)
+    assert train_losses(read_log(run)) == train_losses(read_log(tmp_path / "ref"))
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
 # --------------------------------------------------------------------------- the loop
 def test_loss_decreases_and_lr_follows_schedule(tmp_path):
     model = make_model(dropout=0.0)

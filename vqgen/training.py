@@ -95,6 +95,8 @@ class TrainConfig:
     progress: bool = True
     drop_last: bool = True
     max_epochs: float | None = None  # cap steps at this many passes over the data (small datasets)
+    lr_scales: dict | None = None    # {parameter-name prefix: multiplier}: those parameters train at
+                                     # lr x multiplier (the longest matching prefix wins)
 
     def __post_init__(self) -> None:
         for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip"):
@@ -123,6 +125,9 @@ class TrainConfig:
              "max_epochs", "None or a number > 0")
         need(isinstance(self.betas, tuple) and len(self.betas) == 2
              and all(_is_number(b) and 0 <= b < 1 for b in self.betas), "betas", "two numbers in [0, 1)")
+        need(self.lr_scales is None or (isinstance(self.lr_scales, dict) and all(
+            isinstance(k, str) and k and _is_number(v) and v > 0 for k, v in self.lr_scales.items())),
+             "lr_scales", "None or a dict of non-empty parameter-name prefixes to numbers > 0")
         if self.warmup_steps >= self.steps:  # legal, but the run never reaches its peak LR
             warnings.warn(f"TrainConfig: warmup_steps={self.warmup_steps} >= steps={self.steps}: "
                           f"the whole run stays in LR warmup (lr never reaches {self.lr}); "
@@ -315,21 +320,39 @@ _NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm,
                      nn.modules.batchnorm._NormBase, nn.RMSNorm)
 
 
+def _lr_scale(name: str, scales: dict[str, float]) -> float:
+    """The multiplier of the longest prefix in ``scales`` that ``name`` starts with (1 if none);
+    a prefix matches whole dotted components ("enc" matches "enc.w", not "encoder.w")."""
+    best = max((k for k in scales if name == k or name.startswith(k.rstrip(".") + ".")), key=len, default=None)
+    return 1.0 if best is None else float(scales[best])
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with two groups: weight decay on matrices/kernels, none on biases, 1-D params,
-    norms and embeddings. Parameters with ``requires_grad=False`` are left out."""
-    decay, no_decay, seen = [], [], set()
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
+    norms and embeddings; with ``config.lr_scales``, those two per multiplier (each group's
+    ``lr_scale`` is kept in it). Parameters with ``requires_grad=False`` are left out."""
+    scales = config.lr_scales or {}
+    groups: dict[tuple[float, bool], list] = {}
+    seen, used = set(), set()
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (no_decay if p.ndim < 2 or isinstance(module, _NO_DECAY_MODULES) else decay).append(p)
+            full = f"{module_name}.{name}" if module_name else name
+            scale = _lr_scale(full, scales)
+            used.update(k for k in scales if full == k or full.startswith(k.rstrip(".") + "."))
+            decay = not (p.ndim < 2 or isinstance(module, _NO_DECAY_MODULES))
+            groups.setdefault((scale, decay), []).append(p)
     if not seen:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
-    groups = [{"params": ps, "weight_decay": wd}
-              for ps, wd in ((decay, config.weight_decay), (no_decay, 0.0)) if ps]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    if set(scales) - used:
+        raise ValueError(f"TrainConfig.lr_scales: expected prefixes of {type(model).__name__}'s trainable "
+                         f"parameter names, got {sorted(set(scales) - used)} matching none")
+    return torch.optim.AdamW(
+        [{"params": ps, "weight_decay": config.weight_decay if decay else 0.0, "lr": config.lr * scale,
+          "lr_scale": scale} for (scale, decay), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))],
+        lr=config.lr, betas=config.betas)
 
 
 # --------------------------------------------------------------------------- data order
@@ -557,10 +580,10 @@ def _apply_new_lr(state: dict[str, Any], config: TrainConfig, optimizer: torch.o
     saved = state.get("config", {}).get("lr")
     if saved is None or saved == config.lr:
         return
-    scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = config.lr
-        group["lr"] = config.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    scheduler.base_lrs = [config.lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["initial_lr"] = base
+        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
     if is_main_process():
         print(f"vqgen: note: resuming {path} at step {state['step']} with lr {config.lr:g} "
               f"(it was {saved:g})", file=sys.stderr)
@@ -669,6 +692,10 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
     if state is None:
         _seed_everything(config.seed + rank)
     else:
+        saved_scales = state.get("config", {}).get("lr_scales")
+        if (saved_scales or None) != (config.lr_scales or None):
+            raise ValueError(f"{state_path}: expected lr_scales {saved_scales!r} as it was trained "
+                             f"with, got {config.lr_scales!r} (delete it to start over)")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _apply_new_lr(state, config, optimizer, scheduler, state_path)
@@ -715,7 +742,7 @@ def train(model: nn.Module, dataset: Dataset, run_dir: str | os.PathLike, config
             dist.all_reduce(loss)
             loss = loss / world
         record = {"step": step, "epoch": epoch, "loss": float(loss),
-                  "lr": scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step - 1)}  # used at `step`
+                  "lr": config.lr * scheduler.lr_lambdas[0](step - 1)}  # used at `step` (unscaled)
         if config.grad_clip is not None:
             record["grad_norm"] = acc.grad_norm / acc.count
         record.update(acc.metric_means())
