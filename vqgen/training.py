@@ -1,7 +1,8 @@
 """The one training loop shared by both stages (tokenizer, prior) of every modality.
 
 ``train(model, dataset, run_dir, config, component=..., step_fn=...)`` runs AdamW with linear
-warmup + cosine decay, gradient clipping, bf16 autocast (CUDA; CPU with ``cpu_amp``), optional
+warmup + cosine decay (``lr_scales``: named parts of the model at a multiple of the LR, e.g. a
+head trained with its codec), gradient clipping, bf16 autocast (CUDA; CPU with ``cpu_amp``), optional
 ``torch.compile``, periodic evaluation, a tqdm bar, a JSONL log (plus TensorBoard when installed),
 atomic checkpoints, exact resume and DDP. What it leaves in ``run_dir``::
 
