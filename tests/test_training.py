@@ -133,6 +133,10 @@ def test_lr_scales_give_named_parameters_their_own_lr_through_the_schedule_and_r
     assert lr_of[id(model.out.bias)] == (pytest.approx(3e-3), 0.0)
     assert lr_of[id(model.inp.weight)] == (1e-3, 0.1) and lr_of[id(model.norm.weight)] == (1e-3, 0.0)
     assert len(lr_of) == len(list(model.parameters()))
+    nested = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)))
+    lr_of = {id(p): g["lr"] for g in build_optimizer(nested, TrainConfig(lr=1.0, lr_scales={"1": 2.0, "1.0": 5.0}))
+             .param_groups for p in g["params"]}                          # the longest prefix wins
+    assert [lr_of[id(m.weight)] for m in (nested[0], nested[1][0], nested[1][1])] == [1.0, 5.0, 2.0]
     for bad in ({"ou": 2.0}, {"outer": 2.0}):           # whole name components only; none matches
         with pytest.raises(ValueError, match="lr_scales: expected prefixes.*matching none"):
             build_optimizer(model, TrainConfig(lr_scales=bad))

@@ -321,11 +321,10 @@ _NO_DECAY_MODULES = (nn.Embedding, nn.EmbeddingBag, nn.LayerNorm, nn.GroupNorm,
                      nn.modules.batchnorm._NormBase, nn.RMSNorm)
 
 
-def _lr_scale(name: str, scales: dict[str, float]) -> float:
-    """The multiplier of the longest prefix in ``scales`` that ``name`` starts with (1 if none);
-    a prefix matches whole dotted components ("enc" matches "enc.w", not "encoder.w")."""
-    best = max((k for k in scales if name == k or name.startswith(k.rstrip(".") + ".")), key=len, default=None)
-    return 1.0 if best is None else float(scales[best])
+def _prefixes_of(name: str, scales: dict[str, float]) -> list[str]:
+    """The prefixes in ``scales`` that parameter ``name`` falls under, by whole dotted components
+    ("enc" covers "enc.w", not "encoder.w")."""
+    return [k for k in scales if name == k or name.startswith(k.rstrip(".") + ".")]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -341,8 +340,9 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
                 continue
             seen.add(id(p))
             full = f"{module_name}.{name}" if module_name else name
-            scale = _lr_scale(full, scales)
-            used.update(k for k in scales if full == k or full.startswith(k.rstrip(".") + "."))
+            matched = _prefixes_of(full, scales)   # the longest prefix's multiplier wins
+            scale = float(scales[max(matched, key=len)]) if matched else 1.0
+            used.update(matched)
             decay = not (p.ndim < 2 or isinstance(module, _NO_DECAY_MODULES))
             groups.setdefault((scale, decay), []).append(p)
     if not seen:
