@@ -75,6 +75,18 @@ def noisy_step(model, batch):
     return model.loss(x, y), {"usage": torch.tensor(0.5)}
 
 
+def killed_at(n):
+    """A ``noisy_step`` that raises ``KeyboardInterrupt`` on its ``n``-th call (a killed run)."""
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return noisy_step(model, batch)
+    return step
+
+
 def cfg(**kw):
     base = dict(steps=20, batch_size=8, lr=1e-2, warmup_steps=3, eval_every=0, checkpoint_every=10,
                 log_every=1, progress=False, device="cpu", seed=7)
@@ -156,16 +168,9 @@ def test_lr_scales_give_named_parameters_their_own_lr_through_the_schedule_and_r
     train(plain, make_data(), tmp_path / "plain", cfg(), component="tokenizer", step_fn=noisy_step)
     assert not torch.allclose(plain.out.weight, ref.out.weight)   # the scale changed the run
 
-    calls = {"n": 0}
-
-    def killed_at_12(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return noisy_step(model, batch)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(make_model(), make_data(), run, cfg(**scaled), component="tokenizer", step_fn=killed_at_12)
+        train(make_model(), make_data(), run, cfg(**scaled), component="tokenizer", step_fn=killed_at(12))
     with pytest.raises(ValueError, match="expected lr_scales \\{'out': 3.0\\}.*got None"):
         train(make_model(), make_data(), run, cfg(), component="tokenizer", step_fn=noisy_step)
     model = make_model()
@@ -269,18 +274,10 @@ def test_killed_run_resumes_on_the_same_trajectory(tmp_path, log_every):
           step_fn=noisy_step)
     ref = train_losses(read_log(tmp_path / "ref"))
 
-    calls = {"n": 0}
-
-    def killed_at_12(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 12:
-            raise KeyboardInterrupt
-        return noisy_step(model, batch)
-
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(make_model(), make_data(), run, cfg(log_every=log_every), component="tokenizer",
-              step_fn=killed_at_12)
+              step_fn=killed_at(12))
     assert max(train_losses(read_log(run))) == (11 if log_every == 1 else 9)  # checkpoint at 10
     assert torch.load(run / "train_state_tokenizer.pt", weights_only=True)["step"] == 10
 
